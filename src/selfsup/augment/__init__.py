@@ -1,0 +1,3 @@
+from .views import ViewConfig, ViewAugment, normalize, view_preset
+
+__all__ = ["ViewConfig", "ViewAugment", "normalize", "view_preset"]

@@ -1,0 +1,206 @@
+"""Typed run configuration: dataclass defaults < YAML preset < ``key=value`` overrides.
+
+Keys are ``section.field`` (``optim.lr=0.3``); the ``method`` section is checked against the chosen
+method's own Config dataclass. An unknown key is an error that lists the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .augment.views import ViewConfig
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"          # a registered name (selfsup list datasets) or 'folder'
+    path: str | None = None          # folder / .tar.gz / .csv (required for folder and cifar10)
+    split: str | None = None         # sub-folder of path used for training (cifar10: train)
+    test_split: str | None = None    # sub-folder with held-out labeled images for evaluation
+    image_size: int = 32             # decode-once cache resolution (shorter side + centre crop)
+    cache_dir: str | None = None     # default: $SELFSUP_CACHE or ~/.cache/selfsup
+    strict: bool = False             # fail on unreadable files instead of skipping them
+    subset: int | None = None        # use only this many training images (chosen by seed)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"
+    width: float = 1.0
+    cifar_stem: bool = True
+    channels_last: bool = True
+
+
+@dataclass
+class OptimConfig:
+    name: str = "lars"               # sgd | lars | adamw
+    lr: float = 0.3                  # base lr for batch 256; scaled by batch_size / 256
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    warmup: float = 0.05             # fraction of steps with linear warm-up
+    final_lr_ratio: float = 0.0      # cosine decays to lr * final_lr_ratio
+    grad_clip: float | None = None   # max global grad norm
+    lars_eta: float = 0.001          # LARS trust coefficient
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    threads: int | None = None       # torch CPU threads (None = torch's default)
+    checkpoint_every: int = 500
+    log_every: int = 10
+    eval_every: int | None = None    # steps between monitor evals; None = once per epoch
+    out_dir: str | None = None       # default runs/<method>-<timestamp>
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    monitor: bool = True             # online kNN + collapse metrics during pretraining
+    monitor_size: int = 2000         # labeled images used as kNN bank (and held-out queries)
+    labels_per_class: int | None = None
+    label_fraction: float | None = None
+    val_fraction: float = 0.2        # linear probe: L2 chosen on this part of the labeled set
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
+            "eval": EvalConfig, "augment": ViewConfig}
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: dict = field(default_factory=lambda: {"name": "simclr"})
+    augment: ViewConfig = field(default_factory=ViewConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return {k: (dict(v) if isinstance(v, dict) else asdict(v))
+                for k, v in ((f.name, getattr(self, f.name)) for f in fields(self))}
+
+    def method_config(self):
+        """The method's typed Config built from the ``method`` section."""
+        from .methods import METHODS
+
+        d = dict(self.method)
+        cls = METHODS.get(d.pop("name", "simclr")).Config
+        return _build(cls, d, "method")
+
+
+def _coerce(value, typ, key: str):
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", ())):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, str, bool) and isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+        return value
+    if origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise ConfigError(f"{key}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
+
+
+def _build(cls, values: dict, section: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
+                          f"valid keys in '{section}': {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    if "." not in key:
+        raise ConfigError(f"override '{text}': the key needs a section, e.g. optim.lr=0.1; "
+                          f"sections: {', '.join(['method', *SECTIONS])}")
+    section, name = key.split(".", 1)
+    value = yaml.safe_load(raw) if raw != "" else None
+    return section, name, value
+
+
+def load_config(preset: str | Path | None = None, overrides: list[str] | tuple = ()) -> RunConfig:
+    """Build a RunConfig from an optional YAML preset (a path, or the name of a bundled preset)
+    and a list of ``section.key=value`` overrides."""
+    raw: dict[str, dict] = {}
+    if preset:
+        path = resolve_preset(preset)
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections")
+        for section, values in loaded.items():
+            if section not in SECTIONS and section != "method":
+                raise ConfigError(f"{path}: unknown section '{section}'; valid: "
+                                  f"{', '.join(['method', *SECTIONS])}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: section '{section}' must be a mapping")
+            raw.setdefault(section, {}).update(values)
+    for text in overrides:
+        section, name, value = parse_override(text)
+        if section not in SECTIONS and section != "method":
+            raise ConfigError(f"unknown section '{section}' in '{text}'; valid: "
+                              f"{', '.join(['method', *SECTIONS])}")
+        raw.setdefault(section, {})[name] = value
+    cfg = RunConfig(method={"name": "simclr", **raw.get("method", {})},
+                    **{s: _build(cls, raw.get(s, {}), s) for s, cls in SECTIONS.items()})
+    cfg.method_config()  # validates the method section now, not mid-run
+    return cfg
+
+
+def config_from_dict(d: dict) -> RunConfig:
+    return RunConfig(method=dict(d.get("method", {"name": "simclr"})),
+                     **{s: _build(cls, d.get(s, {}), s) for s, cls in SECTIONS.items()})
+
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_preset(preset: str | Path) -> Path:
+    p = Path(preset)
+    if p.is_file():
+        return p
+    bundled = PRESET_DIR / f"{preset}.yaml"
+    if bundled.is_file():
+        return bundled
+    raise ConfigError(f"preset '{preset}' is neither a file nor a bundled preset; bundled: "
+                      f"{', '.join(preset_names())}")
+
+
+def replace(obj, **changes):
+    return dataclasses.replace(obj, **changes)

@@ -1,0 +1,50 @@
+"""The evaluation protocol: features of a labeled train and test set -> kNN and linear probe."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.splits import class_balanced_subset
+from .collapse import collapse_metrics
+from .features import extract_features
+from .knn import knn_accuracy
+from .linear import linear_probe
+
+
+def labeled_train_subset(ds, labels_per_class=None, label_fraction=None, seed=0):
+    """The labeled part of ``ds``, optionally reduced to N per class or a fraction, by seed."""
+    idx = np.flatnonzero(ds.labels >= 0)
+    if labels_per_class or label_fraction:
+        sub = class_balanced_subset(ds.labels[idx], labels_per_class, label_fraction, seed,
+                                    ds.classes)
+        idx = idx[sub]
+    return ds.subset(idx)
+
+
+def evaluate_features(train_f, train_y, test_f, test_y, num_classes, kinds=("knn", "linear"),
+                      knn_k=(200, 20), knn_temperature=0.1, val_fraction=0.2, seed=0) -> dict:
+    out: dict = {}
+    if "knn" in kinds:
+        for k in knn_k:
+            out.update(knn_accuracy(train_f, train_y, test_f, test_y, num_classes, k,
+                                    knn_temperature))
+    if "linear" in kinds:
+        out.update(linear_probe(train_f, train_y, test_f, test_y, val_fraction, seed=seed))
+    out.update(collapse_metrics(test_f))
+    return out
+
+
+def evaluate_encoder(encoder, train_ds, test_ds, kinds=("knn", "linear"), knn_k=(200, 20),
+                     knn_temperature=0.1, val_fraction=0.2, seed=0, device="cpu",
+                     batch_size=512, channels_last=True) -> dict:
+    ftr = extract_features(encoder, train_ds, batch_size, device, channels_last=channels_last)
+    fte = extract_features(encoder, test_ds, batch_size, device, channels_last=channels_last)
+    res = evaluate_features(ftr, train_ds.labels, fte, test_ds.labels, len(train_ds.classes),
+                            kinds, knn_k, knn_temperature, val_fraction, seed)
+    res.update({"n_train": len(train_ds), "n_test": len(test_ds)})
+    return res
+
+
+def raw_pixel_features(ds) -> np.ndarray:
+    """Flattened pixels in [0, 1]: the no-learning baseline."""
+    return ds.images.reshape(len(ds), -1).astype(np.float32) / 255.0

@@ -1,0 +1,3 @@
+from .mlp import projection_head
+
+__all__ = ["projection_head"]

@@ -1,0 +1,10 @@
+"""Self-supervised methods: one file each, registered by the name users type."""
+
+from ..registry import Registry
+
+METHODS: Registry = Registry("method")
+
+from . import simclr  # noqa: E402,F401  (registers)
+from .base import Method, StepOutput  # noqa: E402
+
+__all__ = ["METHODS", "Method", "StepOutput"]

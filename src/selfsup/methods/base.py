@@ -1,0 +1,43 @@
+"""The method contract (GUIDE section 3). A contract only: no training logic lives here.
+
+A method is an ``nn.Module`` with
+- ``Config``: a dataclass whose defaults equal the paper's;
+- ``__init__(backbone, cfg, view_cfg)``: composes heads, losses and target networks;
+- ``views(images) -> list[Tensor]``: the augmented views it trains on (run by the loop, timed as
+  data path, no gradients);
+- ``training_step(views, progress) -> StepOutput``: computes the loss; never calls backward/step;
+- ``after_optimizer_step(progress)``: EMA / queue updates (a no-op by default);
+- ``encoder``: the module used by evaluation and export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+    # embeddings a monitor may use for collapse metrics (detached)
+    embeddings: torch.Tensor | None = None
+
+
+class Method(nn.Module):
+    Config: type = object
+
+    def views(self, images: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - contract
+        raise NotImplementedError
+
+    def training_step(self, views: list[torch.Tensor], progress: float) -> StepOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    def after_optimizer_step(self, progress: float) -> None:
+        return None
+
+    @property
+    def encoder(self) -> nn.Module:  # pragma: no cover - contract
+        raise NotImplementedError

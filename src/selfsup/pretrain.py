@@ -1,0 +1,207 @@
+"""Library entry points: build a method from a config, pretrain it, reload its encoder.
+
+    from selfsup.config import load_config
+    from selfsup.pretrain import pretrain
+    run_dir, summary = pretrain(load_config("simclr_digits", ["train.steps=100"]))
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from . import __version__, backbones
+from .augment.views import IMAGENET_MEAN, IMAGENET_STD
+from .config import RunConfig, config_from_dict
+from .data import ImageDataset, load_dataset
+from .data.splits import class_balanced_subset
+from .evaluate.collapse import collapse_metrics
+from .evaluate.features import extract_features
+from .evaluate.knn import knn_accuracy
+from .evaluate.protocol import evaluate_encoder, labeled_train_subset
+from .methods import METHODS
+from .train.loop import resolve_device, train
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+def build_backbone(cfg: RunConfig) -> torch.nn.Module:
+    m = cfg.model
+    return backbones.create(m.backbone, width=m.width, cifar_stem=m.cifar_stem)
+
+
+def build_method(cfg: RunConfig) -> torch.nn.Module:
+    cls = METHODS.get(cfg.method.get("name", "simclr"))
+    return cls(build_backbone(cfg), cfg.method_config(), cfg.augment)
+
+
+def load_data(cfg: RunConfig, split: str | None, progress: bool = True) -> ImageDataset:
+    d = cfg.data
+    kw = dict(cache_dir=d.cache_dir, strict=d.strict, progress=progress)
+    if d.dataset == "digits":
+        kw = {}
+    return load_dataset(d.dataset, path=d.path, split=split, image_size=d.image_size, **kw)
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def make_monitor(cfg: RunConfig, train_ds: ImageDataset, test_ds: ImageDataset | None, device):
+    """Online kNN (when labels exist) + collapse metrics on a fixed sample, run every epoch."""
+    ec, seed = cfg.eval, cfg.train.seed
+    rng = np.random.default_rng(seed)
+    if train_ds.has_labels:
+        labeled = np.flatnonzero(train_ds.labels >= 0)
+        bank_idx = np.sort(rng.choice(labeled, min(ec.monitor_size, len(labeled)), replace=False))
+        bank = train_ds.subset(bank_idx)
+        if test_ds is not None and test_ds.has_labels:
+            q = np.sort(rng.choice(len(test_ds), min(ec.monitor_size // 2, len(test_ds)),
+                                   replace=False))
+            queries = test_ds.subset(q)
+        else:  # held-out labeled training images
+            rest = np.setdiff1d(labeled, bank_idx)
+            if len(rest) == 0:
+                rest = labeled
+            queries = train_ds.subset(np.sort(rng.choice(rest, min(ec.monitor_size // 2, len(rest)),
+                                                         replace=False)))
+    else:
+        bank, queries = None, train_ds.subset(np.sort(rng.choice(len(train_ds),
+                                                                 min(1024, len(train_ds)),
+                                                                 replace=False)))
+
+    def monitor(encoder) -> dict:
+        fq = extract_features(encoder, queries, device=device)
+        out = collapse_metrics(fq)
+        if bank is not None:
+            fb = extract_features(encoder, bank, device=device)
+            out.update(knn_accuracy(fb, bank.labels, fq, queries.labels, len(train_ds.classes),
+                                    min(ec.knn_k, len(bank)), ec.knn_temperature))
+        return out
+
+    return monitor
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    return Path("runs") / f"{cfg.method.get('name')}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
+    """Create the run directory, or check that an existing one is this same run (resume)."""
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists():
+        old = yaml.safe_load(cfg_path.read_text())
+        new = cfg.to_dict()
+        diff = sorted(f"{s}.{k}" for s in set(old) | set(new)
+                      for k in set(old.get(s, {})) | set(new.get(s, {}))
+                      if old.get(s, {}).get(k) != new.get(s, {}).get(k)
+                      and not (s == "train" and k in ("progress", "out_dir")))
+        if diff:
+            raise RunDirError(f"{run_dir} holds a run with a different configuration "
+                              f"(differs in: {', '.join(diff)}); choose another train.out_dir")
+        if (run_dir / "summary.json").exists():
+            raise RunDirError(f"{run_dir} already holds a finished run; choose another "
+                              f"train.out_dir")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (run_dir / "run.json").write_text(json.dumps({
+        "selfsup_version": __version__, "git_sha": git_sha(), "seed": cfg.train.seed,
+        "command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "host": platform.node()}, indent=1))
+
+
+def save_encoder(method, cfg: RunConfig, run_dir: Path) -> Path:
+    from safetensors.torch import save_file
+
+    meta = {"backbone": cfg.model.backbone, "width": str(cfg.model.width),
+            "cifar_stem": str(cfg.model.cifar_stem), "image_size": str(cfg.data.image_size),
+            "mean": json.dumps(IMAGENET_MEAN), "std": json.dumps(IMAGENET_STD),
+            "method": cfg.method.get("name", ""), "selfsup_version": __version__}
+    state = {k: v.detach().cpu().contiguous() for k, v in method.encoder.state_dict().items()}
+    path = run_dir / "encoder.safetensors"
+    tmp = path.with_name(".encoder.safetensors.tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def load_encoder(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
+    """Rebuild the encoder of a finished run (or from its last checkpoint)."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise RunDirError(f"{run_dir}: not a selfsup run directory (no config.yaml)")
+    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    enc = build_backbone(cfg)
+    if (run_dir / "encoder.safetensors").exists():
+        enc.load_state_dict(load_file(str(run_dir / "encoder.safetensors")))
+    elif (run_dir / "checkpoints" / "last.pt").exists():
+        from .train.checkpoint import load_checkpoint
+
+        method = build_method(cfg)
+        method.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"])
+        enc = method.encoder
+    else:
+        raise RunDirError(f"{run_dir}: no encoder.safetensors or checkpoint to load")
+    return enc, cfg
+
+
+def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int | None = None
+             ) -> tuple[Path, dict]:
+    run_dir = Path(run_dir or cfg.train.out_dir or default_run_dir(cfg))
+    prepare_run_dir(cfg, run_dir)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    train_ds = load_data(cfg, cfg.data.split, cfg.train.progress)
+    train_ds.write_report(run_dir / "data_report.json")
+    if cfg.data.subset and cfg.data.subset < len(train_ds):
+        idx = np.sort(np.random.default_rng(cfg.train.seed).choice(len(train_ds), cfg.data.subset,
+                                                                  replace=False))
+        train_ds = train_ds.subset(idx)
+    test_ds = load_data(cfg, cfg.data.test_split, cfg.train.progress) if cfg.data.test_split else None
+    (run_dir / "splits.json").write_text(json.dumps(
+        {"train_names": train_ds.names if len(train_ds) <= 200_000 else "all",
+         "test_split": cfg.data.test_split}))
+    torch.manual_seed(cfg.train.seed)
+    method = build_method(cfg)
+    monitor = make_monitor(cfg, train_ds, test_ds, device) if cfg.eval.monitor else None
+    t0 = time.time()
+    result = train(method, train_ds, cfg, run_dir, monitor=monitor, stop_after=stop_after)
+    if "stopped_at" in result:
+        return run_dir, result
+    summary = {"method": cfg.method.get("name"), "seed": cfg.train.seed, **result,
+               "train_seconds": time.time() - t0, "n_train": len(train_ds),
+               "skipped_files": len(train_ds.skipped)}
+    save_encoder(method, cfg, run_dir)
+    if test_ds is not None and train_ds.has_labels and test_ds.has_labels:
+        # never probe on images that are also test images (e.g. pretraining on all of them)
+        test_names = set(test_ds.names)
+        keep = np.array([nm not in test_names for nm in train_ds.names], dtype=bool)
+        probe_ds = labeled_train_subset(train_ds.subset(np.flatnonzero(keep)),
+                                        cfg.eval.labels_per_class, cfg.eval.label_fraction,
+                                        cfg.train.seed)
+        summary["eval"] = evaluate_encoder(method.encoder, probe_ds, test_ds, device=device,
+                                           knn_k=(cfg.eval.knn_k, 20),
+                                           knn_temperature=cfg.eval.knn_temperature,
+                                           val_fraction=cfg.eval.val_fraction,
+                                           seed=cfg.train.seed)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return run_dir, summary

@@ -1,0 +1,3 @@
+from .loop import NonFiniteLossError, train
+
+__all__ = ["NonFiniteLossError", "train"]

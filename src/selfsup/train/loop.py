@@ -1,0 +1,174 @@
+"""The training loop: one function, visible order (GUIDE section 3).
+
+set lr -> views (data path) -> training_step (autocast) -> NaN check -> backward -> clip ->
+optimizer.step -> zero_grad -> after_optimizer_step -> log -> periodic eval / checkpoint.
+
+Step-based. Data order is a pure function of (seed, step), and checkpoints hold weights, optimizer,
+step and every RNG state, so a run killed and resumed ends with the same weights as one that was
+never interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..nn.schedules import warmup_cosine
+from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .metrics import MetricsWriter
+from .optim import build_optimizer
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Indices of the batch at ``step``: epoch e = step // (n // batch_size) shuffles with a
+    generator seeded by (seed, e); the last incomplete batch of an epoch is dropped."""
+    per_epoch = n // batch_size
+    epoch, pos = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    return perm[pos * batch_size:(pos + 1) * batch_size].numpy()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
+          monitor: Callable[[torch.nn.Module], dict] | None = None,
+          stop_after: int | None = None) -> dict:
+    """Train ``method`` on ``dataset`` (an ImageDataset) as ``cfg`` (a RunConfig) says, writing
+    checkpoints and metrics under ``run_dir``. Resumes from ``run_dir/checkpoints/last.pt`` when
+    present. ``stop_after`` ends the run early after that step without a final checkpoint (used
+    to simulate an interruption). Returns a summary dict."""
+    tc, oc = cfg.train, cfg.optim
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    device = resolve_device(tc.device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    n, bs, total = len(dataset), tc.batch_size, tc.steps
+    if n < bs:
+        raise ValueError(f"train.batch_size={bs} is larger than the dataset ({n} images); "
+                         f"lower train.batch_size")
+    steps_per_epoch = n // bs
+    eval_every = tc.eval_every or steps_per_epoch
+
+    method.to(device)
+    channels_last = cfg.model.channels_last and device.type in ("cpu", "cuda")
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    lr_peak = oc.lr * bs / 256  # linear scaling rule (Goyal et al., 2017; SimCLR)
+    optimizer = build_optimizer(method, oc.name, lr_peak, oc.weight_decay, oc.momentum, oc.lars_eta)
+
+    step = 0
+    if ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        method.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        set_rng_state(ck["rng"])
+        step = ck["step"]
+        print(f"selfsup: resuming {run_dir} from step {step}", file=sys.stderr)
+    else:
+        torch.manual_seed(tc.seed)
+        np.random.seed(tc.seed)
+    metrics = MetricsWriter(run_dir, resume_step=step if step else None)
+
+    # small datasets live on the device; large ones are read from the memmap batch by batch
+    resident = dataset.images.nbytes <= 2 * 1024 ** 3
+    images = dataset.batch(np.arange(n)).to(device) if resident else None
+
+    def save(at_step: int) -> None:
+        atomic_save({"model": method.state_dict(), "optimizer": optimizer.state_dict(),
+                     "rng": rng_state(), "step": at_step, "config": cfg.to_dict()}, ckpt_path)
+
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else nullcontext())
+    bar = tqdm(total=total, initial=step, desc=f"pretrain {cfg.method.get('name')}", unit="step",
+               disable=not tc.progress, file=sys.stderr, dynamic_ncols=True)
+    data_time = compute_time = 0.0
+    images_seen, t_window = 0, time.perf_counter()
+    last_logs: dict = {}
+    method.train()
+    while step < total:
+        # 1. learning rate for this step
+        lr = lr_peak * warmup_cosine((step + 1) / total, oc.warmup, oc.final_lr_ratio)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        # 2. data path: batch -> device -> augmented views (timed separately)
+        t0 = time.perf_counter()
+        idx = batch_indices(n, bs, tc.seed, step)
+        x = images[torch.from_numpy(idx).to(device)] if resident else dataset.batch(idx).to(device)
+        views = method.views(x)
+        if channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        t1 = time.perf_counter()
+        # 3. loss
+        with autocast:
+            out = method.training_step(views, progress=step / total)
+        loss = out.loss
+        if not torch.isfinite(loss):
+            bar.close()
+            msg = (f"non-finite loss ({loss.item()}) at step {step}; logs {out.logs}; last good "
+                   f"checkpoint: {ckpt_path if ckpt_path.exists() else 'none'}. Lower optim.lr or "
+                   f"set optim.grad_clip.")
+            metrics.log({"kind": "error", "step": step, "error": msg})
+            metrics.close()
+            raise NonFiniteLossError(msg)
+        # 4. update
+        loss.backward()
+        if oc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(method.parameters(), oc.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.after_optimizer_step(step / total)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        data_time += t1 - t0
+        compute_time += t2 - t1
+        images_seen += bs
+        step += 1
+        bar.update(1)
+        # 5. log
+        if step % tc.log_every == 0 or step == total:
+            dt = time.perf_counter() - t_window
+            last_logs = {"kind": "train", "step": step, "lr": lr, **out.logs,
+                         "images_per_s": images_seen / dt,
+                         "data_fraction": data_time / max(1e-9, data_time + compute_time)}
+            metrics.log(last_logs)
+            bar.set_postfix(loss=f"{out.logs.get('loss', loss.item()):.3f}",
+                            img_s=f"{last_logs['images_per_s']:.0f}")
+            data_time = compute_time = 0.0
+            images_seen, t_window = 0, time.perf_counter()
+        # 6. periodic evaluation and checkpoint
+        if monitor is not None and (step % eval_every == 0 or step == total):
+            row = {"kind": "eval", "step": step, "epoch": step / steps_per_epoch,
+                   **monitor(method.encoder)}
+            metrics.log(row)
+            bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in row.items() if k != "kind"), file=sys.stderr)
+        if step % tc.checkpoint_every == 0 or step == total:
+            save(step)
+        if stop_after is not None and step >= stop_after and step < total:
+            bar.close()
+            metrics.close()
+            return {"stopped_at": step}
+    bar.close()
+    metrics.close()
+    return {"steps": step, "final_loss": last_logs.get("loss", math.nan),
+            "images_per_s": last_logs.get("images_per_s", math.nan),
+            "data_fraction": last_logs.get("data_fraction", math.nan)}
