@@ -31,22 +31,14 @@ def _cmd_pretrain(args) -> int:
 def _cmd_eval(args) -> int:
     import torch
 
-    from .config import load_config
+    from .config import apply_overrides, load_config
     from .evaluate.protocol import evaluate_encoder, labeled_train_subset
     from .pretrain import build_backbone, load_data, load_encoder
 
     if args.run:
         encoder, cfg = load_encoder(args.run)
-        if args.overrides:
-            from .config import load_config as _lc
-            import tempfile, yaml, os
-            base = cfg.to_dict()
-            with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-                yaml.safe_dump(base, f)
-            try:
-                cfg = _lc(f.name, args.overrides)
-            finally:
-                os.unlink(f.name)
+        if args.overrides:  # the run's own config, then the command line's overrides
+            cfg = apply_overrides(cfg, args.overrides)
     else:
         cfg = load_config(args.preset, args.overrides)
         torch.manual_seed(cfg.train.seed)
@@ -140,7 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may come before or after options (argparse stops positionals at an option)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     from .config import ConfigError
     from .data import DataError
     from .pretrain import RunDirError

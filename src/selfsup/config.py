@@ -179,6 +179,19 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | tuple =
     return cfg
 
 
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """A copy of ``cfg`` with ``section.key=value`` overrides applied (same checks as load_config)."""
+    d = cfg.to_dict()
+    for text in overrides:
+        section, name, value = parse_override(text)
+        if section not in d:
+            raise ConfigError(f"unknown section '{section}' in '{text}'; valid: {', '.join(d)}")
+        d[section][name] = value
+    new = config_from_dict(d)
+    new.method_config()
+    return new
+
+
 def config_from_dict(d: dict) -> RunConfig:
     return RunConfig(method=dict(d.get("method", {"name": "simclr"})),
                      **{s: _build(cls, d.get(s, {}), s) for s, cls in SECTIONS.items()})

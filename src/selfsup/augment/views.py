@@ -78,11 +78,13 @@ class ViewAugment(nn.Module):
         params: dict[str, torch.Tensor] = {}
         if self.crop is not None:
             x = self.crop(x)
-            src = self.crop._params["src"].to(x.device)  # [B,4,2] corners (x, y) in input pixels
+            # [B,4,2] corners (x, y) as inclusive pixel indices; box edges are x0 and x1 + 1
+            src = self.crop._params["src"].to(x.device)
             x0, y0 = src[:, 0, 0], src[:, 0, 1]
-            x1, y1 = src[:, 2, 0], src[:, 2, 1]
+            x1, y1 = src[:, 2, 0] + 1, src[:, 2, 1] + 1
+            # normalised (centre x, centre y, width, height)
             params["crop"] = torch.stack(
-                [(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0 + 1) / w, (y1 - y0 + 1) / h], 1)
+                [(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h], 1)
         elif x.shape[-2:] != (self.cfg.size, self.cfg.size):
             x = nn.functional.interpolate(x, size=(self.cfg.size, self.cfg.size), mode="bilinear",
                                           antialias=True, align_corners=False)

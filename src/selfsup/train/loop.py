@@ -56,6 +56,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     to simulate an interruption). Returns a summary dict."""
     tc, oc = cfg.train, cfg.optim
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     device = resolve_device(tc.device)
     if tc.threads:

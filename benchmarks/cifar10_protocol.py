@@ -1,0 +1,84 @@
+"""The CIFAR-10 CPU protocol (see BENCHMARKS.md) and the seed claims measured on it.
+
+Protocol: small convnet (width 1, ~0.39M params), 32 px, SimCLR pretraining on all 50,000 training
+images without labels, batch 256, 600 steps (~3 epochs), LARS (lr 1.0 x batch/256, warm-up 5%,
+cosine), temperature 0.2, 2 threads. Evaluation on frozen features: 1,000 labeled training images
+per class (10,000, chosen by seed) as kNN bank / probe training set; the 10,000 test images.
+kNN: cosine, temperature-weighted votes, k=200 and k=20, t=0.1; linear probe: logistic regression
+with L2 chosen on a 20% validation split.
+
+    python benchmarks/cifar10_protocol.py --data PATH/cifar10-jpeg.tar.gz --seeds 0 1 \
+        [--only simclr random raw crop_only color_only head_linear head_none]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selfsup.config import load_config
+from selfsup.evaluate.protocol import evaluate_encoder, evaluate_features, labeled_train_subset, \
+    raw_pixel_features
+from selfsup.pretrain import build_backbone, load_data, pretrain
+
+VARIANTS = {
+    "simclr": [],                                        # crop + colour, MLP head
+    "crop_only": ["augment.color=false"],
+    "color_only": ["augment.crop=false"],
+    "head_linear": ["method.head=linear"],
+    "head_none": ["method.head=none"],
+}
+
+
+def protocol_overrides(data: str, seed: int, steps: int) -> list[str]:
+    return [f"data.path={data}", f"train.seed={seed}", f"train.steps={steps}",
+            "eval.labels_per_class=1000", "eval.monitor=false", "train.progress=false",
+            f"train.checkpoint_every={steps}"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--only", nargs="+", default=None)
+    ap.add_argument("--out-dir", default="runs/cifar10_protocol")
+    ap.add_argument("--results", default="benchmarks/results/cifar10_protocol.jsonl")
+    a = ap.parse_args()
+    names = a.only or ["random", "raw", *VARIANTS]
+    torch.set_num_threads(2)
+    res_path = Path(a.results)
+    res_path.parent.mkdir(parents=True, exist_ok=True)
+    for seed in a.seeds:
+        base = load_config("simclr_cifar10_cpu", protocol_overrides(a.data, seed, a.steps))
+        train_ds, test_ds = load_data(base, "train", False), load_data(base, "test", False)
+        probe = labeled_train_subset(train_ds, labels_per_class=1000, seed=seed)
+        for name in names:
+            t0 = time.time()
+            if name == "random":
+                torch.manual_seed(seed)
+                ev = evaluate_encoder(build_backbone(base), probe, test_ds, seed=seed)
+            elif name == "raw":
+                ev = evaluate_features(raw_pixel_features(probe), probe.labels,
+                                       raw_pixel_features(test_ds), test_ds.labels, 10, seed=seed)
+            else:
+                cfg = load_config("simclr_cifar10_cpu", protocol_overrides(a.data, seed, a.steps)
+                                  + VARIANTS[name])
+                run_dir = Path(a.out_dir) / f"{name}-seed{seed}-{int(time.time())}"
+                _, summary = pretrain(cfg, run_dir)
+                ev = {**summary["eval"], "images_per_s": summary["images_per_s"],
+                      "train_seconds": summary["train_seconds"]}
+            row = {"variant": name, "seed": seed, "steps": a.steps, **ev,
+                   "seconds": time.time() - t0, "date": time.strftime("%Y-%m-%d %H:%M")}
+            print(json.dumps(row), flush=True)
+            with open(res_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from selfsup.cli import build_parser, main
+
+
+@pytest.mark.parametrize("argv", [[], ["pretrain"], ["eval"], ["list"], ["demo"]])
+def test_every_command_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--help"])
+    assert e.value.code == 0
+    assert "usage: selfsup" in capsys.readouterr().out
+
+
+def test_console_script_help_runs():
+    out = subprocess.run([sys.executable, "-m", "selfsup", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "pretrain" in out.stdout and "demo" in out.stdout
+
+
+@pytest.mark.parametrize("what,expected", [("methods", "simclr"), ("backbones", "resnet50"),
+                                           ("datasets", "cifar10"), ("presets", "simclr_digits")])
+def test_list(what, expected, capsys):
+    assert main(["list", what]) == 0
+    assert expected in capsys.readouterr().out.split()
+
+
+def test_bad_override_is_a_clear_error(capsys):
+    assert main(["pretrain", "optim.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key(s) optim.lrr" in err and "valid keys in 'optim'" in err
+
+
+def test_pretrain_on_folder_with_broken_files_then_eval(class_folder, tmp_path, capsys):
+    (class_folder / "trout" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    test_root = tmp_path / "photos"  # evaluate on the same folder's images as a smoke check
+    run = tmp_path / "run"
+    common = ["data.dataset=folder", f"data.path={class_folder}", "data.image_size=12",
+              "augment.size=12", "model.backbone=convnet", "model.width=0.25",
+              "train.batch_size=8", "train.progress=false", "eval.knn_k=5", "eval.monitor_size=8"]
+    rc = main(["pretrain", "-o", str(run), *common, "train.steps=4", "train.checkpoint_every=2"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 unreadable file(s)" in captured.err
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["used"] == 24 and report["skipped"][0]["name"] == "trout/broken.jpg"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["skipped_files"] == 1
+    # eval the run's encoder: train = the folder, test = the folder (smoke: it must run and
+    # separate two colour-coded classes)
+    rc = main(["eval", "knn", "--run", str(run), f"data.test_split=", "train.progress=false"])
+    assert rc == 2 and "data.test_split" in capsys.readouterr().err
+    (class_folder.parent / "split").mkdir()
+    import shutil
+    shutil.copytree(class_folder, class_folder.parent / "split" / "train",
+                    ignore=shutil.ignore_patterns("broken.jpg"))
+    shutil.copytree(class_folder, class_folder.parent / "split" / "test",
+                    ignore=shutil.ignore_patterns("broken.jpg"))
+    split_args = [f"data.path={class_folder.parent / 'split'}", "data.split=train",
+                  "data.test_split=test", "train.progress=false"]
+    assert main(["eval", "knn", "--run", str(run), *split_args]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["knn5_acc"] > 0.9 and res["n_test"] == 24
+    assert main(["eval", "linear", "--run", str(run), *split_args]) == 0
+    assert json.loads(capsys.readouterr().out)["linear_acc"] > 0.9
+    assert main(["eval", "knn", *common, *split_args]) == 0  # random-init encoder
+    assert "random-init" in capsys.readouterr().err
+
+
+def test_missing_data_path_is_a_clear_error(tmp_path, capsys):
+    rc = main(["pretrain", "data.dataset=folder", f"data.path={tmp_path}/nowhere",
+               f"train.out_dir={tmp_path}/r"])
+    assert rc == 2 and "nowhere: no such file or folder (data.path)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_prints_the_comparison(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "40"]) == 0
+    out = capsys.readouterr().out
+    for row in ("SimCLR (pretrained)", "random-init encoder", "raw pixels"):
+        assert row in out
+    assert (tmp_path / "demo" / "simclr" / "encoder.safetensors").exists()

@@ -1,0 +1,75 @@
+"""The contract test: every registered method and backbone."""
+
+import pytest
+import torch
+
+from selfsup import backbones
+from selfsup.augment import ViewConfig
+from selfsup.config import load_config
+from selfsup.methods import METHODS, StepOutput
+
+SMALL = {"resnet18": 0.125, "resnet34": 0.125, "resnet50": 0.125, "convnet": 0.25}
+
+
+@pytest.mark.parametrize("name", backbones.names())
+@pytest.mark.parametrize("cifar_stem", [True, False])
+def test_backbone_contract(name, cifar_stem):
+    m = backbones.create(name, width=SMALL.get(name, 0.25), cifar_stem=cifar_stem)
+    m = m.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    out = m(x)
+    assert out.shape == (2, m.embed_dim)
+    assert torch.isfinite(out).all()
+
+
+def test_width_multiplier_scales_embed_dim():
+    assert backbones.create("resnet18", width=0.5).embed_dim == 256
+    assert backbones.create("resnet50", width=0.25).embed_dim == 512
+    with pytest.raises(ValueError, match="unknown backbone 'nope'; choose one of"):
+        backbones.create("nope")
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_contract(name):
+    torch.manual_seed(0)
+    cls = METHODS.get(name)
+    cfg = cls.Config()  # paper defaults must construct
+    backbone = backbones.create("convnet", width=0.25)
+    method = cls(backbone, cfg, ViewConfig(size=16))
+    images = torch.randint(0, 256, (8, 3, 20, 20), dtype=torch.uint8)
+    views = method.views(images)
+    assert all(v.shape[-2:] == (16, 16) for v in views)
+    assert all(not v.requires_grad for v in views)
+    out = method.training_step(views, progress=0.0)
+    assert isinstance(out, StepOutput)
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert all(isinstance(v, float) for v in out.logs.values())
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    out.loss.backward()  # training_step itself never calls backward
+    grads = [p.grad for p in method.encoder.parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    method.after_optimizer_step(0.5)
+    # nothing changes weights except the optimizer (no hidden updates in training_step)
+    for k, v in method.state_dict().items():
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(v, before[k]), k
+    feats = method.encoder(views[0])
+    assert feats.shape == (8, backbone.embed_dim)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_config_keys_are_overridable(name):
+    cfg = load_config(None, [f"method.name={name}"])
+    assert type(cfg.method_config()) is METHODS.get(name).Config
+
+
+@pytest.mark.parametrize("head", ["mlp", "linear", "none"])
+def test_simclr_head_kinds(head):
+    cfg = load_config(None, [f"method.head={head}"])
+    method = METHODS.get("simclr")(backbones.create("convnet", width=0.25), cfg.method_config(),
+                                   ViewConfig(size=16))
+    views = method.views(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8))
+    assert torch.isfinite(method.training_step(views, 0.0).loss)
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in method.head.modules())
+    assert n_linear == {"mlp": 2, "linear": 1, "none": 0}[head]
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in method.head.modules()) == (head == "mlp")

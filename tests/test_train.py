@@ -1,0 +1,163 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.config import load_config
+from selfsup.nn.schedules import warmup_cosine
+from selfsup.pretrain import RunDirError, build_method, load_data, pretrain
+from selfsup.train import NonFiniteLossError, train
+from selfsup.train.loop import batch_indices
+from selfsup.train.optim import LARS, param_groups
+
+TINY = ["model.backbone=convnet", "model.width=0.25", "data.image_size=12", "augment.size=12",
+        "train.batch_size=64", "train.progress=false", "eval.monitor=false", "train.log_every=1"]
+
+
+def tiny_cfg(tmp_path, *extra):
+    return load_config("simclr_digits", TINY + [f"train.out_dir={tmp_path}/run", *extra])
+
+
+def encoder_state(run_dir):
+    from safetensors.torch import load_file
+    return load_file(str(Path(run_dir) / "encoder.safetensors"))
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0.0, 0.1) == 0.0
+    assert warmup_cosine(0.05, 0.1) == pytest.approx(0.5)
+    assert warmup_cosine(0.1, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(0.55, 0.1) == pytest.approx(0.5)
+    assert warmup_cosine(1.0, 0.1, final_ratio=0.01) == pytest.approx(0.01)
+
+
+def test_batch_order_is_a_function_of_seed_and_step():
+    a = [batch_indices(100, 32, 7, s) for s in range(6)]
+    b = [batch_indices(100, 32, 7, s) for s in range(6)]
+    assert all((x == y).all() for x, y in zip(a, b))
+    epoch0 = sorted(int(i) for x in a[:3] for i in x)
+    assert len(set(epoch0)) == 96  # no repeats within an epoch (last 4 dropped)
+    assert not (batch_indices(100, 32, 8, 0) == a[0]).all()
+
+
+def test_lars_matches_formula_and_skips_norm_params():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    groups = param_groups(model, weight_decay=0.1)
+    assert [len(g["params"]) for g in groups] == [1, 3]  # weight vs bias + BN weight/bias
+    opt = LARS(groups, lr=0.5, momentum=0.9, eta=0.01)
+    w = model[0].weight
+    w0 = w.detach().clone()
+    model(torch.randn(8, 4)).pow(2).sum().backward()
+    g = w.grad.detach().clone() + 0.1 * w0
+    expected = w0 - 0.5 * (0.01 * w0.norm() / g.norm()) * g
+    b0, bg = model[0].bias.detach().clone(), model[0].bias.grad.detach().clone()
+    opt.step()
+    assert torch.allclose(w, expected, atol=1e-6)
+    assert torch.allclose(model[0].bias, b0 - 0.5 * bg, atol=1e-6)  # plain SGD, no decay
+
+
+def test_kill_and_resume_gives_identical_weights(tmp_path):
+    """Interrupted at step 9 (last checkpoint at 8), resumed: same weights as uninterrupted."""
+    steps = ["train.steps=14", "train.checkpoint_every=4"]
+    full_dir, _ = pretrain(tiny_cfg(tmp_path / "a", *steps))
+    cfg = tiny_cfg(tmp_path / "b", *steps)
+    run_dir, res = pretrain(cfg, stop_after=9)
+    assert res == {"stopped_at": 9}
+    assert not (run_dir / "encoder.safetensors").exists()
+    ck = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["step"] == 8
+    _, summary = pretrain(cfg)  # same command again: resumes from step 8
+    assert summary["steps"] == 14
+    a, b = encoder_state(full_dir), encoder_state(run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, 15))
+    full_rows = [json.loads(x) for x in (full_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in full_rows]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_cli(tmp_path):
+    """A real SIGKILL of the CLI process, then the same command resumes to identical weights."""
+    args = TINY + ["train.steps=30", "train.checkpoint_every=3", "train.threads=1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "selfsup", "pretrain", "-p", "simclr_digits"]
+    ref = subprocess.run(cmd + ["-o", str(tmp_path / "ref"), *args], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["-o", str(out), *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists():
+            try:
+                step = torch.load(ckpt, weights_only=True)["step"]
+            except Exception:
+                step = 0
+            if step >= 9:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = step
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert killed_at is not None and killed_at < 30, "the run finished before it could be killed"
+    assert not (out / "summary.json").exists()
+    res = subprocess.run(cmd + ["-o", str(out), *args], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming" in res.stderr
+    a, b = encoder_state(tmp_path / "ref"), encoder_state(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_guard_stops_with_step_and_cause(tmp_path):
+    cfg = tiny_cfg(tmp_path, "train.steps=5", "train.checkpoint_every=2")
+    method = build_method(cfg)
+    orig = method.training_step
+
+    def step_with_nan(views, progress):
+        out = orig(views, progress)
+        if progress >= 0.6:  # step 3 of 5
+            out.loss = out.loss * float("nan")
+        return out
+
+    method.training_step = step_with_nan
+    ds = load_data(cfg, None, progress=False)
+    with pytest.raises(NonFiniteLossError, match=r"at step 3.*checkpoints/last.pt"):
+        train(method, ds, cfg, tmp_path / "nan")
+    rows = (tmp_path / "nan" / "metrics.jsonl").read_text()
+    assert '"kind": "error"' in rows
+
+
+def test_run_dir_refuses_changed_config_and_finished_run(tmp_path):
+    pretrain(tiny_cfg(tmp_path, "train.steps=2"))
+    with pytest.raises(RunDirError, match="finished run"):
+        pretrain(tiny_cfg(tmp_path, "train.steps=2"))
+    with pytest.raises(RunDirError, match="differs in: optim.lr, train.steps"):
+        pretrain(tiny_cfg(tmp_path, "train.steps=3", "optim.lr=0.1"))
+
+
+def test_run_directory_provenance(tmp_path):
+    run_dir, summary = pretrain(tiny_cfg(tmp_path, "train.steps=3", "eval.monitor=true",
+                                         "train.eval_every=3"))
+    for f in ("config.yaml", "run.json", "metrics.jsonl", "metrics.csv", "summary.json",
+              "encoder.safetensors", "checkpoints/last.pt", "data_report.json", "splits.json"):
+        assert (run_dir / f).exists(), f
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["seed"] == 0 and meta["selfsup_version"] and "git_sha" in meta
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    ev = [r for r in rows if r["kind"] == "eval"]
+    assert ev and {"knn20_acc", "embed_std", "effective_rank"} <= set(ev[-1])
+    assert 0 <= summary["eval"]["linear_acc"] <= 1 and math.isfinite(summary["final_loss"])
+    assert "images_per_s" in (run_dir / "metrics.csv").read_text().splitlines()[0]
