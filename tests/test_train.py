@@ -161,3 +161,8 @@ def test_run_directory_provenance(tmp_path):
     assert ev and {"knn20_acc", "embed_std", "effective_rank"} <= set(ev[-1])
     assert 0 <= summary["eval"]["linear_acc"] <= 1 and math.isfinite(summary["final_loss"])
     assert "images_per_s" in (run_dir / "metrics.csv").read_text().splitlines()[0]
+    splits = json.loads((run_dir / "splits.json").read_text())
+    assert len(splits["train_names"]) == 1797 and splits["test_split"] == "test"
+    # the probe never trains on test images, even though pretraining saw all of them
+    test_names = set(load_data(tiny_cfg(tmp_path), "test", progress=False).names)
+    assert splits["probe_names"] and not test_names & set(splits["probe_names"])

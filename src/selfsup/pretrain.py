@@ -198,6 +198,9 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int 
         probe_ds = labeled_train_subset(train_ds.subset(np.flatnonzero(keep)),
                                         cfg.eval.labels_per_class, cfg.eval.label_fraction,
                                         cfg.train.seed)
+        splits = json.loads((run_dir / "splits.json").read_text())
+        splits["probe_names"] = probe_ds.names  # the labeled subset, saved with the run
+        (run_dir / "splits.json").write_text(json.dumps(splits))
         summary["eval"] = evaluate_encoder(method.encoder, probe_ds, test_ds, device=device,
                                            knn_k=(cfg.eval.knn_k, 20),
                                            knn_temperature=cfg.eval.knn_temperature,

@@ -37,6 +37,18 @@ def _hash(parts: list[str]) -> str:
     return h.hexdigest()
 
 
+def _stat_parts(items: list[Item], path_of) -> list[str]:
+    """name|size|mtime of every listed file: any edit, addition or removal changes the hash."""
+    parts = []
+    for it in items:
+        try:
+            st = os.stat(path_of(it.name))
+            parts.append(f"{it.name}|{st.st_size}|{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{it.name}|missing")
+    return parts
+
+
 def _labels_from_layout(rel_paths: list[str]) -> list[str | None]:
     if not rel_paths or any("/" not in p for p in rel_paths):
         return [None] * len(rel_paths)
@@ -78,14 +90,7 @@ class FolderSource(Source):
         self.items = [Item(p, lab) for p, lab in zip(rel, _labels_from_layout(rel))]
 
     def fingerprint(self) -> str:
-        parts = [str(self.base.resolve())]
-        for it in self.items:
-            try:
-                st = os.stat(self.base / it.name)
-                parts.append(f"{it.name}|{st.st_size}|{st.st_mtime_ns}")
-            except OSError:
-                parts.append(f"{it.name}|missing")
-        return _hash(parts)
+        return _hash([str(self.base.resolve()), *_stat_parts(self.items, lambda n: self.base / n)])
 
     def iter_bytes(self):
         for it in self.items:
@@ -174,14 +179,8 @@ class CsvSource(Source):
         return p if p.is_absolute() else self.root / p
 
     def fingerprint(self) -> str:
-        parts = [str(self.path.resolve()), hashlib.sha256(self.path.read_bytes()).hexdigest()]
-        for it in self.items:
-            try:
-                st = os.stat(self._file(it.name))
-                parts.append(f"{it.name}|{st.st_size}|{st.st_mtime_ns}")
-            except OSError:
-                parts.append(f"{it.name}|missing")
-        return _hash(parts)
+        return _hash([str(self.path.resolve()), hashlib.sha256(self.path.read_bytes()).hexdigest(),
+                      *_stat_parts(self.items, self._file)])
 
     def iter_bytes(self):
         for it in self.items:
