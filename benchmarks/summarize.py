@@ -1,0 +1,65 @@
+"""Turn benchmarks/results/cifar10_protocol.jsonl into the Markdown tables of BENCHMARKS.md
+(mean ± std over seeds; population std, as numpy's default).
+
+    python benchmarks/summarize.py [--results benchmarks/results/cifar10_protocol.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import numpy as np
+
+LABELS = {
+    "simclr": "SimCLR (crop + colour, MLP head)",
+    "random": "random-init encoder",
+    "raw": "raw pixels (3,072-d)",
+    "crop_only": "SimCLR, crop only (no colour jitter/grayscale)",
+    "color_only": "SimCLR, colour only (no crop)",
+    "head_linear": "SimCLR, linear head",
+    "head_none": "SimCLR, no head",
+}
+TABLES = {
+    "Pretraining vs baselines": ["simclr", "random", "raw"],
+    "Claim: crop + colour beats either alone": ["simclr", "crop_only", "color_only"],
+    "Claim: an MLP projection head beats none / linear": ["simclr", "head_linear", "head_none"],
+}
+
+
+def fmt(values) -> str:
+    v = np.array(values) * 100
+    return f"{v.mean():.1f} ± {v.std():.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--results", default="benchmarks/results/cifar10_protocol.jsonl")
+    a = ap.parse_args()
+    rows = [json.loads(x) for x in open(a.results) if x.strip()]
+    by = defaultdict(list)
+    for r in rows:
+        by[r["variant"]].append(r)
+    for title, variants in TABLES.items():
+        print(f"\n**{title}**\n")
+        print("| features | seeds | kNN k=200 % | kNN k=20 % | linear % | embed std (healthy) | eff. rank | train img/s |")
+        print("|---|---|---|---|---|---|---|---|")
+        for v in variants:
+            rs = by.get(v, [])
+            if not rs:
+                print(f"| {LABELS[v]} | – | not run | | | | | |")
+                continue
+            seeds = ",".join(str(r["seed"]) for r in rs)
+            ips = [r["images_per_s"] for r in rs if "images_per_s" in r]
+            std = np.mean([r["embed_std"] for r in rs])
+            healthy = rs[0]["embed_std_healthy"]
+            ips_s = f"{np.mean(ips):.0f}" if ips else "–"
+            print(f"| {LABELS[v]} | {seeds} | {fmt([r['knn200_acc'] for r in rs])} | "
+                  f"{fmt([r['knn20_acc'] for r in rs])} | {fmt([r['linear_acc'] for r in rs])} | "
+                  f"{std:.4f} ({healthy:.4f}) | {np.mean([r['effective_rank'] for r in rs]):.1f} | "
+                  f"{ips_s} |")
+
+
+if __name__ == "__main__":
+    main()

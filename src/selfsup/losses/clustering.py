@@ -1,0 +1,64 @@
+"""Clustering / self-distillation losses: SwAV, DINO, DeepCluster-v2. Pure functions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+    """Sinkhorn-Knopp codes (SwAV, Caron et al., 2020, Sec. 3.1 and Alg. 1).
+
+    scores: [B, K] prototype scores. Returns Q [B, K], each row a distribution over prototypes
+    (rows sum to 1), with prototypes used equally: columns sum to B/K after the final row step
+    up to the last iteration's residual (exact at convergence)."""
+    q = torch.exp(scores.float() / epsilon).t()      # [K, B]
+    q /= q.sum()
+    k, b = q.shape
+    for _ in range(iterations):
+        q /= q.sum(dim=1, keepdim=True)              # each prototype gets total mass 1/K
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)              # each sample gets total mass 1/B
+        q /= b
+    return (q * b).t()                               # rows sum to 1
+
+
+def swav_loss(scores: list[torch.Tensor], codes: list[torch.Tensor],
+              temperature: float = 0.1) -> torch.Tensor:
+    """Swapped prediction (SwAV Eq. 3). scores: per crop [B, K] prototype scores (the first
+    len(codes) crops are the global ones), codes: per global crop [B, K] Sinkhorn targets.
+    For each global crop i, every other crop predicts q_i: -sum q_i log softmax(s / t).
+    Averaged over (i, other crop) pairs."""
+    total, pairs = 0.0, 0
+    for i, q in enumerate(codes):
+        for j, s in enumerate(scores):
+            if j == i:
+                continue
+            total = total - (q * F.log_softmax(s.float() / temperature, dim=1)).sum(1).mean()
+            pairs += 1
+    return total / pairs
+
+
+def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
+              student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:
+    """DINO (Caron et al., 2021, Alg. 1). student: per crop [B, K] logits (globals first),
+    teacher: per global crop [B, K] logits, center: [K]. Targets softmax((t - center) / tt);
+    cross-entropy with log_softmax(s / ts) over all (teacher i, student j != i) pairs, averaged."""
+    targets = [F.softmax((t.float() - center) / teacher_temp, dim=1).detach() for t in teacher]
+    total, pairs = 0.0, 0
+    for i, t in enumerate(targets):
+        for j, s in enumerate(student):
+            if j == i:
+                continue
+            total = total - (t * F.log_softmax(s.float() / student_temp, dim=1)).sum(1).mean()
+            pairs += 1
+    return total / pairs
+
+
+@torch.no_grad()
+def dino_center(center: torch.Tensor, teacher: list[torch.Tensor],
+                momentum: float = 0.9) -> torch.Tensor:
+    """The new centre: EMA of the mean teacher output over the batch (DINO Alg. 1)."""
+    batch_center = torch.cat([t.float() for t in teacher]).mean(0)
+    return center * momentum + batch_center * (1 - momentum)
