@@ -6,7 +6,7 @@ import torch
 from selfsup import backbones
 from selfsup.augment import ViewConfig
 from selfsup.config import load_config
-from selfsup.methods import METHODS, StepOutput
+from selfsup.methods import METHODS, BatchInfo, StepOutput
 
 SMALL = {"resnet18": 0.125, "resnet34": 0.125, "resnet50": 0.125, "convnet": 0.25}
 
@@ -40,7 +40,7 @@ def test_method_contract(name):
     views = method.views(images)
     assert all(v.shape[-2:] == (16, 16) for v in views)
     assert all(not v.requires_grad for v in views)
-    out = method.training_step(views, progress=0.0)
+    out = method.training_step(views, 0.0, BatchInfo(torch.arange(8), torch.tensor([0, 1, 0, 1, 2, 2, -1, 0])))
     assert isinstance(out, StepOutput)
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     assert all(isinstance(v, float) for v in out.logs.values())

@@ -126,8 +126,8 @@ def test_nan_guard_stops_with_step_and_cause(tmp_path):
     method = build_method(cfg)
     orig = method.training_step
 
-    def step_with_nan(views, progress):
-        out = orig(views, progress)
+    def step_with_nan(views, progress, batch=None):
+        out = orig(views, progress, batch)
         if progress >= 0.6:  # step 3 of 5
             out.loss = out.loss * float("nan")
         return out

@@ -5,6 +5,6 @@ from ..registry import Registry
 METHODS: Registry = Registry("method")
 
 from . import simclr  # noqa: E402,F401  (registers)
-from .base import Method, StepOutput  # noqa: E402
+from .base import BatchInfo, Method, StepOutput  # noqa: E402
 
-__all__ = ["METHODS", "Method", "StepOutput"]
+__all__ = ["METHODS", "BatchInfo", "Method", "StepOutput"]

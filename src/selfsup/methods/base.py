@@ -5,7 +5,9 @@ A method is an ``nn.Module`` with
 - ``__init__(backbone, cfg, view_cfg)``: composes heads, losses and target networks;
 - ``views(images) -> list[Tensor]``: the augmented views it trains on (run by the loop, timed as
   data path, no gradients);
-- ``training_step(views, progress) -> StepOutput``: computes the loss; never calls backward/step;
+- ``training_step(views, progress, batch) -> StepOutput``: computes the loss; never calls
+  backward/step; ``batch`` carries the images' dataset indices and labels (-1 = unlabeled) for
+  the methods that need them (SupCon, DeepCluster);
 - ``after_optimizer_step(progress)``: EMA / queue updates (a no-op by default);
 - ``encoder``: the module used by evaluation and export.
 """
@@ -16,6 +18,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+
+@dataclass
+class BatchInfo:
+    index: torch.Tensor   # [B] dataset indices of the images in this batch
+    label: torch.Tensor   # [B] class indices, -1 where unlabeled
 
 
 @dataclass
@@ -32,7 +40,8 @@ class Method(nn.Module):
     def views(self, images: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - contract
         raise NotImplementedError
 
-    def training_step(self, views: list[torch.Tensor], progress: float) -> StepOutput:  # pragma: no cover
+    def training_step(self, views: list[torch.Tensor], progress: float,
+                      batch: BatchInfo | None = None) -> StepOutput:  # pragma: no cover
         raise NotImplementedError
 
     def after_optimizer_step(self, progress: float) -> None:

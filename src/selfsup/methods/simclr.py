@@ -22,7 +22,7 @@ from ..heads.mlp import head_out_dim, projection_head
 from ..losses import nt_xent
 from ..nn.distributed import gather_with_grad
 from . import METHODS
-from .base import Method, StepOutput
+from .base import BatchInfo, Method, StepOutput
 
 
 @dataclass
@@ -50,7 +50,8 @@ class SimCLR(Method):
     def views(self, images: torch.Tensor) -> list[torch.Tensor]:
         return [self.augment(images), self.augment(images)]
 
-    def training_step(self, views: list[torch.Tensor], progress: float) -> StepOutput:
+    def training_step(self, views: list[torch.Tensor], progress: float,
+                      batch: BatchInfo | None = None) -> StepOutput:
         x1, x2 = views
         n = x1.shape[0]
         h = self.backbone(torch.cat([x1, x2]))     # one pass: BN sees both views, [2N, D]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..methods.base import BatchInfo
 from ..nn.schedules import warmup_cosine
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .metrics import MetricsWriter
@@ -91,6 +92,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     # small datasets live on the device; large ones are read from the memmap batch by batch
     resident = dataset.images.nbytes <= 2 * 1024 ** 3
     images = dataset.batch(np.arange(n)).to(device) if resident else None
+    labels = torch.from_numpy(dataset.labels).to(device)
 
     def save(at_step: int) -> None:
         atomic_save({"model": method.state_dict(), "optimizer": optimizer.state_dict(),
@@ -112,14 +114,16 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         # 2. data path: batch -> device -> augmented views (timed separately)
         t0 = time.perf_counter()
         idx = batch_indices(n, bs, tc.seed, step)
-        x = images[torch.from_numpy(idx).to(device)] if resident else dataset.batch(idx).to(device)
+        idx_t = torch.from_numpy(idx).to(device)
+        x = images[idx_t] if resident else dataset.batch(idx).to(device)
+        info = BatchInfo(index=idx_t, label=labels[idx_t])
         views = method.views(x)
         if channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         t1 = time.perf_counter()
         # 3. loss
         with autocast:
-            out = method.training_step(views, progress=step / total)
+            out = method.training_step(views, step / total, info)
         loss = out.loss
         if not torch.isfinite(loss):
             bar.close()
