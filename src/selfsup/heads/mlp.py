@@ -8,9 +8,11 @@ HEAD_KINDS = ("mlp", "linear", "none")
 
 
 def projection_head(in_dim: int, hidden_dim: int, out_dim: int, kind: str = "mlp",
-                    num_layers: int = 2, batch_norm: bool = True) -> nn.Module:
-    """Build a head: ``mlp`` = (Linear-BN-ReLU) x (num_layers-1) then Linear; ``linear`` = one
-    Linear; ``none`` = identity (the loss then sees the backbone features directly).
+                    num_layers: int = 2, batch_norm: bool = True, last_bn: bool = False
+                    ) -> nn.Module:
+    """Build a head: ``mlp`` = (Linear-BN-ReLU) x (num_layers-1) then Linear (+ a BN without
+    affine parameters when ``last_bn``, as SimSiam's projector); ``linear`` = one Linear;
+    ``none`` = identity (the loss then sees the backbone features directly).
 
     SimCLR (Chen et al., 2020, Sec. 4.2) shows the nonlinear head beats linear and none; the kind is
     selectable so that claim can be measured.
@@ -31,7 +33,9 @@ def projection_head(in_dim: int, hidden_dim: int, out_dim: int, kind: str = "mlp
             layers.append(nn.BatchNorm1d(hidden_dim))
         layers.append(nn.ReLU(inplace=True))
         dim = hidden_dim
-    layers.append(nn.Linear(dim, out_dim))
+    layers.append(nn.Linear(dim, out_dim, bias=not last_bn))
+    if last_bn:
+        layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)
 
 
