@@ -10,6 +10,7 @@ def test_defaults_preset_and_overrides():
     assert cfg.method_config().temperature == 0.3
     assert cfg.data.dataset == "digits"  # from the preset
     assert isinstance(load_config(None, ["optim.lr=1"]).optim.lr, float)
+    assert load_config(None, ["optim.weight_decay=5e-4"]).optim.weight_decay == 5e-4
 
 
 def test_unknown_keys_list_valid_keys():
@@ -23,7 +24,7 @@ def test_unknown_keys_list_valid_keys():
         load_config(None, ["lr0.1"])
     with pytest.raises(ConfigError, match="train.steps: expected int"):
         load_config(None, ["train.steps=many"])
-    with pytest.raises(ValueError, match="unknown method 'simclrr'; choose one of: simclr"):
+    with pytest.raises(ValueError, match="unknown method 'simclrr'; choose one of: .*simclr"):
         load_config(None, ["method.name=simclrr"])
 
 
@@ -33,3 +34,9 @@ def test_bundled_presets_all_load():
         load_config(name)
     with pytest.raises(ConfigError, match="bundled: "):
         load_config("nope")
+
+
+def test_switching_method_drops_the_presets_method_keys():
+    cfg = load_config("simclr_digits", ["method.name=byol", "method.out_dim=64"])
+    assert cfg.method == {"name": "byol", "out_dim": 64}
+    assert load_config("simclr_digits").method_config().temperature == 0.2

@@ -33,7 +33,10 @@ def test_width_multiplier_scales_embed_dim():
 SMALL_HEADS = {"byol": {"hidden_dim": 64, "out_dim": 32},
                "simsiam": {"proj_dim": 64, "pred_hidden_dim": 16},
                "barlow_twins": {"proj_dim": 64}, "vicreg": {"proj_dim": 64},
-               "mocov2": {"queue_size": 64, "bn_splits": 2}}
+               "mocov2": {"queue_size": 64, "bn_splits": 2},
+               "swav": {"hidden_dim": 32, "out_dim": 16, "n_prototypes": 10, "n_local_crops": 2,
+                        "queue_size": 16, "queue_start": 0.0},
+               "dino": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local_crops": 2}}
 
 
 @pytest.mark.parametrize("name", METHODS.names())

@@ -51,3 +51,14 @@ def test_collapse_metrics():
     assert effective_rank(line) < 1.01
     m = collapse_metrics(z)
     assert m["embed_std_healthy"] == 1 / 8
+
+
+def test_collapse_detector_warns_once():
+    from selfsup.evaluate.collapse import CollapseDetector
+    det = CollapseDetector(std_ratio=0.1, min_rank=1.5)
+    healthy = {"z_std": 0.05, "z_std_healthy": 0.0625, "z_rank": 20.0}
+    assert det.check(10, healthy) is None and det.event is None
+    msg = det.check(20, {"z_std": 0.001, "z_std_healthy": 0.0625, "z_rank": 3.0})
+    assert "collapsed at step 20" in msg and det.event["step"] == 20
+    assert det.check(30, {"z_std": 0.0, "z_std_healthy": 0.0625, "z_rank": 1.0}) is None
+    assert CollapseDetector().check(5, {"z_std": 0.05, "z_std_healthy": 0.0625, "z_rank": 1.2})

@@ -75,6 +75,8 @@ class EvalConfig:
     labels_per_class: int | None = None
     label_fraction: float | None = None
     val_fraction: float = 0.2        # linear probe: L2 chosen on this part of the labeled set
+    collapse_std_ratio: float = 0.1  # collapsed: embedding std < ratio / sqrt(d) ...
+    collapse_rank: float = 1.5       # ... or effective rank below this
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
@@ -121,6 +123,11 @@ def _coerce(value, typ, key: str):
         raise ConfigError(errors[0])
     if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if typ is float and isinstance(value, str):  # YAML 1.1 reads '5e-4' as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if typ in (int, str, bool) and isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
         return value
     if origin is tuple and isinstance(value, (list, tuple)):
@@ -167,11 +174,13 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | tuple =
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: section '{section}' must be a mapping")
             raw.setdefault(section, {}).update(values)
-    for text in overrides:
-        section, name, value = parse_override(text)
+    parsed = [parse_override(text) + (text,) for text in overrides]
+    for section, name, value, text in parsed:
         if section not in SECTIONS and section != "method":
             raise ConfigError(f"unknown section '{section}' in '{text}'; valid: "
                               f"{', '.join(['method', *SECTIONS])}")
+        if (section, name) == ("method", "name") and value != raw.get("method", {}).get("name", value):
+            raw["method"] = {}  # the preset's method keys belong to another method
         raw.setdefault(section, {})[name] = value
     cfg = RunConfig(method={"name": "simclr", **raw.get("method", {})},
                     **{s: _build(cls, raw.get(s, {}), s) for s, cls in SECTIONS.items()})

@@ -28,3 +28,28 @@ def collapse_metrics(z) -> dict:
     d = torch.as_tensor(z).shape[1]
     return {"embed_std": embedding_std(z), "embed_std_healthy": 1.0 / d ** 0.5,
             "effective_rank": effective_rank(z)}
+
+
+class CollapseDetector:
+    """Flags collapse of a method's output embeddings once: std of the l2-normalised embeddings
+    below ``std_ratio`` times its healthy value 1/sqrt(d), or effective rank below ``min_rank``.
+    State changes only through ``check``."""
+
+    def __init__(self, std_ratio: float = 0.1, min_rank: float = 1.5):
+        self.std_ratio, self.min_rank = std_ratio, min_rank
+        self.event: dict | None = None
+
+    def check(self, step: int, metrics: dict) -> str | None:
+        """metrics: {'z_std', 'z_std_healthy', 'z_rank'}. Returns a warning the first time."""
+        if self.event is not None:
+            return None
+        low_std = metrics["z_std"] < self.std_ratio * metrics["z_std_healthy"]
+        low_rank = metrics["z_rank"] < self.min_rank
+        if not (low_std or low_rank):
+            return None
+        self.event = {"step": step, "z_std": metrics["z_std"], "z_rank": metrics["z_rank"],
+                      "reason": "std of normalised embeddings" if low_std else "effective rank"}
+        return (f"selfsup: warning: the embeddings collapsed at step {step} "
+                f"({self.event['reason']} low: std {metrics['z_std']:.4g} vs healthy "
+                f"{metrics['z_std_healthy']:.4g}, effective rank {metrics['z_rank']:.3g}); "
+                f"the run continues and is marked collapsed in summary.json")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..evaluate.collapse import CollapseDetector, collapse_metrics
 from ..methods.base import BatchInfo
 from ..nn.schedules import warmup_cosine
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
@@ -105,6 +106,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     data_time = compute_time = 0.0
     images_seen, t_window = 0, time.perf_counter()
     last_logs: dict = {}
+    collapse = CollapseDetector(cfg.eval.collapse_std_ratio, cfg.eval.collapse_rank)
     method.train()
     while step < total:
         # 1. learning rate for this step
@@ -160,9 +162,18 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
             data_time = compute_time = 0.0
             images_seen, t_window = 0, time.perf_counter()
         # 6. periodic evaluation and checkpoint
-        if monitor is not None and (step % eval_every == 0 or step == total):
-            row = {"kind": "eval", "step": step, "epoch": step / steps_per_epoch,
-                   **monitor(method.encoder)}
+        if step % eval_every == 0 or step == total:
+            row = {"kind": "eval", "step": step, "epoch": step / steps_per_epoch}
+            if out.embeddings is not None:  # the method's output embeddings on this batch
+                z = collapse_metrics(out.embeddings)
+                row.update({"z_std": z["embed_std"], "z_std_healthy": z["embed_std_healthy"],
+                            "z_rank": z["effective_rank"]})
+                warning = collapse.check(step, row)
+                if warning:
+                    bar.write(warning, file=sys.stderr)
+                    row["collapsed"] = True
+            if monitor is not None:
+                row.update(monitor(method.encoder))
             metrics.log(row)
             bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in row.items() if k != "kind"), file=sys.stderr)
@@ -175,5 +186,6 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     bar.close()
     metrics.close()
     return {"steps": step, "final_loss": last_logs.get("loss", math.nan),
+            "collapsed": collapse.event is not None, "collapse": collapse.event,
             "images_per_s": last_logs.get("images_per_s", math.nan),
             "data_fraction": last_logs.get("data_fraction", math.nan)}
