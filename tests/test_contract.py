@@ -36,7 +36,9 @@ SMALL_HEADS = {"byol": {"hidden_dim": 64, "out_dim": 32},
                "mocov2": {"queue_size": 64, "bn_splits": 2},
                "swav": {"hidden_dim": 32, "out_dim": 16, "n_prototypes": 10, "n_local_crops": 2,
                         "queue_size": 16, "queue_start": 0.0},
-               "dino": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local_crops": 2}}
+               "dino": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local_crops": 2},
+               "deepcluster_v2": {"hidden_dim": 32, "out_dim": 16, "n_prototypes": 4,
+                                  "n_heads": 2}}
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -47,12 +49,16 @@ def test_method_contract(name):
     cfg = cls.Config(**SMALL_HEADS.get(name, {}))
     backbone = backbones.create("convnet", width=0.25)
     method = cls(backbone, cfg, ViewConfig(size=16))
+    method.setup(8)  # the loop calls this with the dataset size
     method.train()
     images = torch.randint(0, 256, (8, 3, 20, 20), dtype=torch.uint8)
+    batch = BatchInfo(torch.arange(8), torch.tensor([0, 1, 0, 1, 2, 2, -1, 0]))
+    # a first step, so stateful methods (queues, memories, clusters) are in their steady state
+    method.training_step(method.views(images), 0.0, batch)
+    method.after_optimizer_step(0.0)
     views = method.views(images)
     assert views[0].shape[-2:] == (16, 16)
     assert all(not v.requires_grad for v in views)
-    batch = BatchInfo(torch.arange(8), torch.tensor([0, 1, 0, 1, 2, 2, -1, 0]))
     before = {k: v.clone() for k, v in method.state_dict().items()}
     out = method.training_step(views, 0.0, batch)
     assert isinstance(out, StepOutput)

@@ -84,3 +84,59 @@ def test_supcon_uses_labels_and_treats_unlabeled_as_own_class():
         m.training_step(views, 0.0, None)
     f = torch.randn(4, 2, 5)
     assert torch.isclose(supcon(f, torch.tensor([5, 6, 7, 8])), supcon(f, None))
+
+
+def test_spherical_kmeans_reseeds_empty_clusters_and_separates_blobs():
+    from selfsup.methods.deepcluster import spherical_kmeans
+    g = torch.Generator().manual_seed(0)
+    centers = F.normalize(torch.eye(3, 8), dim=1)
+    x = F.normalize(centers.repeat_interleave(20, 0) + 0.05 * torch.randn(60, 8, generator=g), dim=1)
+    c, a = spherical_kmeans(x, 3, 10, g)
+    assert sorted(torch.bincount(a, minlength=3).tolist()) == [20, 20, 20]
+    # with 3 distinct points and 5 clusters, empty clusters are re-seeded (no NaN centroids)
+    c, a = spherical_kmeans(x[[0, 20, 40]], 3, 5, g)
+    assert torch.isfinite(c).all() and len(set(a.tolist())) == 3
+
+
+def test_deepcluster_clusters_once_memory_is_refreshed():
+    m = build("deepcluster_v2", hidden_dim=32, out_dim=16, n_prototypes=3, n_heads=2)
+    m.setup(16)
+    x = imgs(8)
+    out = m.training_step(m.views(x), 0.0, BatchInfo(torch.arange(8), torch.full((8,), -1)))
+    assert out.loss.item() == 0.0  # no pseudo-classes before the first clustering
+    m.after_optimizer_step(0.0)
+    assert int(m.clusterings) == 0 and (m.assignments == -1).all()
+    m.training_step(m.views(x), 0.0, BatchInfo(torch.arange(8, 16), torch.full((8,), -1)))
+    m.after_optimizer_step(0.0)
+    assert int(m.clusterings) == 1 and (m.assignments >= 0).all() and not m.refreshed.any()
+    assert torch.allclose(m.prototypes[0].weight.norm(dim=1), torch.ones(3), atol=1e-5)
+    loss = m.training_step(m.views(x), 0.0, BatchInfo(torch.arange(8), torch.full((8,), -1))).loss
+    assert loss.item() > 0
+
+
+def test_swav_prototypes_frozen_then_trained_and_renormalised():
+    m = build("swav", hidden_dim=32, out_dim=16, n_prototypes=5, n_local_crops=2,
+              freeze_prototypes=0.1)
+    m.training_step(m.views(imgs()), 0.05, batch()).loss.backward()
+    assert m.prototypes.weight.grad is None
+    m.training_step(m.views(imgs()), 0.5, batch()).loss.backward()
+    assert m.prototypes.weight.grad is not None
+    with torch.no_grad():
+        m.prototypes.weight.mul_(3)
+    m.after_optimizer_step(0.5)
+    assert torch.allclose(m.prototypes.weight.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_dino_teacher_temperature_warmup_and_centre_update():
+    m = build("dino", out_dim=32, hidden_dim=16, bottleneck_dim=8, n_local_crops=2)
+    assert m.teacher_temp(0.0) == pytest.approx(0.04) and m.teacher_temp(0.15) == pytest.approx(0.055)
+    assert m.teacher_temp(0.9) == pytest.approx(0.07)
+    views = m.views(imgs())
+    assert len(views) == 4 and views[2].shape[-1] < views[0].shape[-1]  # 2 global + 2 local
+    m.training_step(views, 0.0, batch())
+    t = torch.cat(m._teacher_out)
+    m.after_optimizer_step(0.0)
+    assert torch.allclose(m.center, 0.1 * t.mean(0), atol=1e-6)
+    out = m.training_step(views, 0.0, batch())  # last layer frozen at the start
+    out.loss.backward()
+    assert m.head.last_layer.parametrizations.weight.original1.grad is None

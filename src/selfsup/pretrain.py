@@ -155,9 +155,10 @@ def load_encoder(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
     elif (run_dir / "checkpoints" / "last.pt").exists():
         from .train.checkpoint import load_checkpoint
 
-        method = build_method(cfg)
-        method.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"])
-        enc = method.encoder
+        state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+        # every method keeps its encoder as ``backbone``
+        enc.load_state_dict({k[len("backbone."):]: v for k, v in state.items()
+                             if k.startswith("backbone.")})
     else:
         raise RunDirError(f"{run_dir}: no encoder.safetensors or checkpoint to load")
     return enc, cfg

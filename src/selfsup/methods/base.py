@@ -44,6 +44,11 @@ class Method(nn.Module):
                       batch: BatchInfo | None = None) -> StepOutput:  # pragma: no cover
         raise NotImplementedError
 
+    def setup(self, num_samples: int) -> None:
+        """Called by the loop with the dataset size before any checkpoint is loaded (methods
+        with a per-image memory allocate it here). A no-op by default."""
+        return None
+
     def after_optimizer_step(self, progress: float) -> None:
         return None
 

@@ -70,6 +70,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     steps_per_epoch = n // bs
     eval_every = tc.eval_every or steps_per_epoch
 
+    method.setup(n)
     method.to(device)
     channels_last = cfg.model.channels_last and device.type in ("cpu", "cuda")
     if channels_last:

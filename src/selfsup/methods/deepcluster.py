@@ -1,0 +1,134 @@
+"""DeepCluster-v2 (Caron et al., 2020, SwAV paper App. D; after DeepCluster, Caron et al., 2018).
+
+Defining idea: alternate between clustering the features of the whole dataset with k-means and
+training the network to predict each image's cluster (pseudo-class) from its augmented views.
+
+Algorithm (swav repo, main_deepclusterv2.py), for each of ``n_heads`` clusterings of K clusters:
+    memory[i] = normalize(h(f(x_i))) for the global crops, refreshed as images are seen
+    every time the whole memory has been refreshed (about once an epoch):
+        centroids, a = spherical k-means(memory, K)     # empty clusters are re-seeded
+        prototypes <- centroids                          # classifier weights
+    loss = mean over crops and heads of CE(normalize(z) @ prototypes^T / 0.1, a[i])
+Before the first clustering no image has a pseudo-class and the loss is zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..augment import ViewAugment, ViewConfig
+from ..heads.mlp import projection_head
+from . import METHODS
+from .base import BatchInfo, Method, StepOutput
+
+
+@dataclass
+class DeepClusterV2Config:
+    hidden_dim: int = 2048
+    out_dim: int = 128
+    n_prototypes: int = 3000
+    n_heads: int = 3
+    temperature: float = 0.1
+    kmeans_iterations: int = 10
+
+
+@torch.no_grad()
+def spherical_kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: [N, D] l2-normalised. Returns (centroids [k, D] normalised, assignments [N]).
+    Empty clusters are re-seeded with random points, so all k centroids are always used."""
+    n = x.shape[0]
+    centroids = x[torch.randperm(n, generator=generator)[:k]].clone()
+    assign = torch.zeros(n, dtype=torch.long, device=x.device)
+    for it in range(iterations + 1):
+        assign = (x @ centroids.t()).argmax(1)
+        if it == iterations:
+            break
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k)
+        empty = counts == 0
+        centroids = F.normalize(sums, dim=1)
+        if empty.any():
+            centroids[empty] = x[torch.randint(n, (int(empty.sum()),), generator=generator)]
+    return centroids, assign
+
+
+@METHODS.register("deepcluster_v2")
+class DeepClusterV2(Method):
+    Config = DeepClusterV2Config
+
+    def __init__(self, backbone: nn.Module, cfg: DeepClusterV2Config | None = None,
+                 view_cfg: ViewConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or DeepClusterV2Config()
+        self.backbone = backbone
+        self.projector = projection_head(backbone.embed_dim, cfg.hidden_dim, cfg.out_dim)
+        self.prototypes = nn.ModuleList(nn.Linear(cfg.out_dim, cfg.n_prototypes, bias=False)
+                                        for _ in range(cfg.n_heads))
+        for p in self.prototypes:
+            p.weight.requires_grad_(False)   # set from the centroids, never trained
+        self.augment = ViewAugment(view_cfg or ViewConfig())
+        self.setup(0)
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def setup(self, num_samples: int) -> None:
+        """Allocate the per-image memory (called by the loop with the dataset size)."""
+        c = self.cfg
+        self.register_buffer("memory", torch.zeros(2, num_samples, c.out_dim))
+        self.register_buffer("assignments", torch.full((c.n_heads, num_samples), -1,
+                                                       dtype=torch.long))
+        self.register_buffer("refreshed", torch.zeros(num_samples, dtype=torch.bool))
+        self.register_buffer("clusterings", torch.zeros((), dtype=torch.long))
+
+    def views(self, images):
+        return [self.augment(images), self.augment(images)]
+
+    def training_step(self, views, progress, batch: BatchInfo | None = None) -> StepOutput:
+        if batch is None or self.memory.shape[1] == 0:
+            raise ValueError("deepcluster_v2 needs setup(num_samples) and batch indices")
+        n = views[0].shape[0]
+        z = F.normalize(self.projector(self.backbone(torch.cat(views))), dim=1)   # [2N, D]
+        targets = self.assignments[:, batch.index]                               # [H, N]
+        losses = []
+        for h, proto in enumerate(self.prototypes):
+            scores = z @ proto.weight.t() / self.cfg.temperature                # [2N, K]
+            losses.append(F.cross_entropy(scores, targets[h].repeat(2), ignore_index=-1,
+                                          reduction="sum"))
+        labeled = (targets[0] >= 0).sum() * 2
+        loss = torch.stack(losses).sum() / (labeled.clamp(min=1) * len(self.prototypes))
+        self._pending = (batch.index, z.detach().view(2, n, -1))
+        return StepOutput(loss, {"loss": loss.item(), "clusterings": float(self.clusterings)},
+                          embeddings=z[:n].detach())
+
+    @torch.no_grad()
+    def after_optimizer_step(self, progress: float) -> None:
+        if self._pending is None:
+            return
+        index, z = self._pending
+        self._pending = None
+        self.memory[:, index] = z
+        self.refreshed[index] = True
+        if bool(self.refreshed.all()):
+            self.cluster()
+
+    @torch.no_grad()
+    def cluster(self) -> None:
+        """k-means on the memory, one clustering per head (alternating the crop used)."""
+        g = torch.Generator(device="cpu").manual_seed(int(self.clusterings) + 1)
+        k = min(self.cfg.n_prototypes, self.memory.shape[1])
+        for h, proto in enumerate(self.prototypes):
+            feats = self.memory[h % 2].cpu()
+            centroids, assign = spherical_kmeans(feats, k, self.cfg.kmeans_iterations, g)
+            proto.weight.zero_()
+            proto.weight[:k] = centroids.to(proto.weight)
+            self.assignments[h] = assign.to(self.assignments)
+        self.refreshed.zero_()
+        self.clusterings += 1
+
+    @property
+    def encoder(self):
+        return self.backbone
