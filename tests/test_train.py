@@ -172,20 +172,21 @@ def test_run_directory_provenance(tmp_path):
 
 
 def test_collapse_is_reported_in_metrics_and_summary(tmp_path, capsys):
-    cfg = tiny_cfg(tmp_path, "train.steps=4", "train.eval_every=2")
+    cfg = tiny_cfg(tmp_path, "train.steps=4", "train.eval_every=1", "eval.collapse_after=0.5")
     method = build_method(cfg)
     orig = method.training_step
 
     def collapsing(views, progress, batch=None):
         out = orig(views, progress, batch)
-        if progress >= 0.25:  # from step 2 on every embedding is the same vector
+        if progress >= 0.0:  # every embedding is the same vector from the start
             out.embeddings = torch.ones_like(out.embeddings)
         return out
 
     method.training_step = collapsing
     ds = load_data(cfg, None, progress=False)
     res = train(method, ds, cfg, tmp_path / "c")
+    # judged from half-way on (step 2 of 4), reported once
     assert res["collapsed"] and res["collapse"]["step"] == 2
     assert capsys.readouterr().err.count("collapsed at step 2") == 1
     rows = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
-    assert [r.get("collapsed") for r in rows if r["kind"] == "eval"] == [True, None]
+    assert [r.get("collapsed") for r in rows if r["kind"] == "eval"] == [None, True, None, None]

@@ -77,6 +77,8 @@ class EvalConfig:
     val_fraction: float = 0.2        # linear probe: L2 chosen on this part of the labeled set
     collapse_std_ratio: float = 0.1  # collapsed: embedding std < ratio / sqrt(d) ...
     collapse_rank: float = 1.5       # ... or effective rank below this
+    collapse_after: float = 0.1      # judged only after this fraction of training (heads
+                                     # without BN start concentrated at initialisation)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,

@@ -64,7 +64,11 @@ class DINOHead(nn.Module):
 
     def forward(self, x, freeze_last_layer: bool = False):
         w = self.last_layer.weight                 # the weight-normalised [out, bottleneck]
-        return F.linear(F.normalize(self.mlp(x), dim=-1), w.detach() if freeze_last_layer else w)
+        return F.linear(self.bottleneck(x), w.detach() if freeze_last_layer else w)
+
+    def bottleneck(self, x):
+        """The l2-normalised bottleneck embedding (what collapse metrics look at)."""
+        return F.normalize(self.mlp(x), dim=-1)
 
 
 @METHODS.register("dino")
@@ -98,7 +102,8 @@ class DINO(Method):
     def training_step(self, views, progress, batch: BatchInfo | None = None) -> StepOutput:
         cfg, n = self.cfg, views[0].shape[0]
         freeze = progress < cfg.freeze_last_layer  # no gradient into the last layer at first
-        s = list(self.head(self.backbone(torch.cat(views[:2])), freeze).split(n))
+        h = self.backbone(torch.cat(views[:2]))
+        s = list(self.head(h, freeze).split(n))
         if len(views) > 2:
             s += list(self.head(self.backbone(torch.cat(views[2:])), freeze).split(n))
         with torch.no_grad():
@@ -106,8 +111,9 @@ class DINO(Method):
         tt = self.teacher_temp(progress)
         loss = dino_loss(s, t, self.center, cfg.student_temp, tt)
         self._teacher_out = t
-        return StepOutput(loss, {"loss": loss.item(), "teacher_temp": tt},
-                          embeddings=s[0].detach())
+        with torch.no_grad():
+            emb = self.head.bottleneck(h[:n])
+        return StepOutput(loss, {"loss": loss.item(), "teacher_temp": tt}, embeddings=emb)
 
     def after_optimizer_step(self, progress: float) -> None:
         m = cosine_momentum(progress, self.cfg.base_momentum)

@@ -169,7 +169,8 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
                 z = collapse_metrics(out.embeddings)
                 row.update({"z_std": z["embed_std"], "z_std_healthy": z["embed_std_healthy"],
                             "z_rank": z["effective_rank"]})
-                warning = collapse.check(step, row)
+                judged = step >= cfg.eval.collapse_after * total
+                warning = collapse.check(step, row) if judged else None
                 if warning:
                     bar.write(warning, file=sys.stderr)
                     row["collapsed"] = True
