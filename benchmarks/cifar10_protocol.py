@@ -1,6 +1,6 @@
 """The CIFAR-10 CPU protocol (see BENCHMARKS.md) and the seed claims measured on it.
 
-Protocol: small convnet (width 1, ~0.39M params), 32 px, SimCLR pretraining on all 50,000 training
+Protocol: small convnet (width 1, ~0.39M params), 32 px, pretraining on all 50,000 training
 images without labels, batch 256, 600 steps (~3 epochs), LARS (lr 1.0 x batch/256, warm-up 5%,
 cosine), temperature 0.2, 2 threads. Evaluation on frozen features: 1,000 labeled training images
 per class (10,000, chosen by seed) as kNN bank / probe training set; the 10,000 test images.
@@ -8,7 +8,9 @@ kNN: cosine, temperature-weighted votes, k=200 and k=20, t=0.1; linear probe: lo
 with L2 chosen on a 20% validation split.
 
     python benchmarks/cifar10_protocol.py --data PATH/cifar10-jpeg.tar.gz --seeds 0 1 \
-        [--only simclr random raw crop_only color_only head_linear head_none]
+        [--only random raw simclr crop_only color_only head_linear head_none mocov2 byol ...]
+
+Each method runs its bundled preset <method>_cifar10_cpu (same backbone, data, batch, steps).
 """
 
 from __future__ import annotations
@@ -26,12 +28,17 @@ from selfsup.evaluate.protocol import evaluate_encoder, evaluate_features, label
     raw_pixel_features
 from selfsup.pretrain import build_backbone, load_data, pretrain
 
+BASE = "simclr_cifar10_cpu"
+# name -> (preset, overrides): the seed-claim ablations of SimCLR, then one preset per method
 VARIANTS = {
-    "simclr": [],                                        # crop + colour, MLP head
-    "crop_only": ["augment.color=false"],
-    "color_only": ["augment.crop=false"],
-    "head_linear": ["method.head=linear"],
-    "head_none": ["method.head=none"],
+    "simclr": (BASE, []),                                 # crop + colour, MLP head
+    "crop_only": (BASE, ["augment.color=false"]),
+    "color_only": (BASE, ["augment.crop=false"]),
+    "head_linear": (BASE, ["method.head=linear"]),
+    "head_none": (BASE, ["method.head=none"]),
+    **{m: (f"{m}_cifar10_cpu", []) for m in (
+        "mocov2", "byol", "simsiam", "barlow_twins", "vicreg", "swav", "dino", "deepcluster_v2",
+        "supcon")},
 }
 
 
@@ -55,7 +62,7 @@ def main() -> None:
     res_path = Path(a.results)
     res_path.parent.mkdir(parents=True, exist_ok=True)
     for seed in a.seeds:
-        base = load_config("simclr_cifar10_cpu", protocol_overrides(a.data, seed, a.steps))
+        base = load_config(BASE, protocol_overrides(a.data, seed, a.steps))
         train_ds, test_ds = load_data(base, "train", False), load_data(base, "test", False)
         probe = labeled_train_subset(train_ds, labels_per_class=1000, seed=seed)
         for name in names:
@@ -67,12 +74,16 @@ def main() -> None:
                 ev = evaluate_features(raw_pixel_features(probe), probe.labels,
                                        raw_pixel_features(test_ds), test_ds.labels, 10, seed=seed)
             else:
-                cfg = load_config("simclr_cifar10_cpu", protocol_overrides(a.data, seed, a.steps)
-                                  + VARIANTS[name])
+                preset, extra = VARIANTS[name]
+                cfg = load_config(preset, protocol_overrides(a.data, seed, a.steps) + extra)
                 run_dir = Path(a.out_dir) / f"{name}-seed{seed}-{int(time.time())}"
                 _, summary = pretrain(cfg, run_dir)
+                last = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+                        if '"eval"' in x][-1]   # the method's output embeddings at the end
                 ev = {**summary["eval"], "images_per_s": summary["images_per_s"],
-                      "train_seconds": summary["train_seconds"]}
+                      "train_seconds": summary["train_seconds"], "z_std": last.get("z_std"),
+                      "z_std_healthy": last.get("z_std_healthy"), "z_rank": last.get("z_rank"),
+                      "collapsed": summary["collapsed"]}
             row = {"variant": name, "seed": seed, "steps": a.steps, **ev,
                    "seconds": time.time() - t0, "date": time.strftime("%Y-%m-%d %H:%M")}
             print(json.dumps(row), flush=True)

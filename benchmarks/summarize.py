@@ -20,7 +20,12 @@ LABELS = {
     "color_only": "SimCLR, colour only (no crop)",
     "head_linear": "SimCLR, linear head",
     "head_none": "SimCLR, no head",
+    "mocov2": "MoCo v2", "byol": "BYOL", "simsiam": "SimSiam", "barlow_twins": "Barlow Twins",
+    "vicreg": "VICReg", "swav": "SwAV (2+2 crops)", "dino": "DINO (2+2 crops)",
+    "deepcluster_v2": "DeepCluster-v2", "supcon": "SupCon (uses all labels)",
 }
+METHODS = ["random", "simclr", "mocov2", "byol", "simsiam", "barlow_twins", "vicreg", "swav",
+           "dino", "deepcluster_v2", "supcon"]
 TABLES = {
     "Pretraining vs baselines": ["simclr", "random", "raw"],
     "Claim: crop + colour beats either alone": ["simclr", "crop_only", "color_only"],
@@ -59,6 +64,26 @@ def main() -> None:
                   f"{fmt([r['knn20_acc'] for r in rs])} | {fmt([r['linear_acc'] for r in rs])} | "
                   f"{std:.4f} ({healthy:.4f}) | {np.mean([r['effective_rank'] for r in rs]):.1f} | "
                   f"{ips_s} |")
+    print("\n**Joint-embedding methods at the same budget** (collapse metrics of the method's own "
+          "output embeddings on the last batch: std of l2-normalised embeddings vs its healthy "
+          "1/sqrt(d), and effective rank)\n")
+    print("| method | seeds | kNN k=200 % | kNN k=20 % | linear % | train img/s | z std (healthy) | z eff. rank | collapsed |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for v in METHODS:
+        rs = by.get(v, [])
+        if not rs:
+            print(f"| {LABELS[v]} | – | not run yet | | | | | | |")
+            continue
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        ips = [r["images_per_s"] for r in rs if "images_per_s" in r]
+        zs = [r["z_std"] for r in rs if r.get("z_std") is not None]
+        zr = [r["z_rank"] for r in rs if r.get("z_rank") is not None]
+        z_s = f"{np.mean(zs):.4f} ({rs[0]['z_std_healthy']:.4f})" if zs else "–"
+        col = ",".join(str(r.get("collapsed", "–")).lower() for r in rs) if zs else "–"
+        print(f"| {LABELS[v]} | {seeds} | {fmt([r['knn200_acc'] for r in rs])} | "
+              f"{fmt([r['knn20_acc'] for r in rs])} | {fmt([r['linear_acc'] for r in rs])} | "
+              f"{f'{np.mean(ips):.0f}' if ips else '–'} | {z_s} | "
+              f"{f'{np.mean(zr):.1f}' if zr else '–'} | {col} |")
 
 
 if __name__ == "__main__":
