@@ -8,6 +8,7 @@ Sources only read: the user's files are never modified.
 
 from __future__ import annotations
 
+import abc
 import csv
 import hashlib
 import os
@@ -55,14 +56,16 @@ def _labels_from_layout(rel_paths: list[str]) -> list[str | None]:
     return [p.split("/", 1)[0] for p in rel_paths]
 
 
-class Source:
+class Source(abc.ABC):
     description: str
 
+    @abc.abstractmethod
     def fingerprint(self) -> str:
-        raise NotImplementedError
+        """A hash that changes whenever the images (or their list) change."""
 
+    @abc.abstractmethod
     def iter_bytes(self) -> Iterator[tuple[Item, bytes | Exception]]:
-        raise NotImplementedError
+        """(item, file bytes or the error reading it), in a fixed order."""
 
 
 class FolderSource(Source):

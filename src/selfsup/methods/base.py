@@ -14,6 +14,7 @@ A method is an ``nn.Module`` with
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 
 import torch
@@ -34,15 +35,17 @@ class StepOutput:
     embeddings: torch.Tensor | None = None
 
 
-class Method(nn.Module):
+class Method(nn.Module, abc.ABC):
     Config: type = object
 
-    def views(self, images: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - contract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """uint8 or [0, 1] float images [B, 3, H, W] -> the augmented, normalised views."""
 
+    @abc.abstractmethod
     def training_step(self, views: list[torch.Tensor], progress: float,
-                      batch: BatchInfo | None = None) -> StepOutput:  # pragma: no cover
-        raise NotImplementedError
+                      batch: BatchInfo | None = None) -> StepOutput:
+        """The loss on these views at this point of training (progress in [0, 1])."""
 
     def setup(self, num_samples: int) -> None:
         """Called by the loop with the dataset size before any checkpoint is loaded (methods
@@ -53,5 +56,6 @@ class Method(nn.Module):
         return None
 
     @property
-    def encoder(self) -> nn.Module:  # pragma: no cover - contract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encoder(self) -> nn.Module:
+        """The backbone whose features evaluation and export use."""
