@@ -185,6 +185,8 @@ def test_collapse_is_reported_in_metrics_and_summary(tmp_path, capsys):
     method.training_step = collapsing
     ds = load_data(cfg, None, progress=False)
     res = train(method, ds, cfg, tmp_path / "c")
+    ck = torch.load(tmp_path / "c" / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["collapse"]["step"] == 2  # a resumed run remembers the collapse
     # judged from half-way on (step 2 of 4), reported once
     assert res["collapsed"] and res["collapse"]["step"] == 2
     assert capsys.readouterr().err.count("collapsed at step 2") == 1

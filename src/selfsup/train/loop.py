@@ -78,6 +78,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     lr_peak = oc.lr * bs / 256  # linear scaling rule (Goyal et al., 2017; SimCLR)
     optimizer = build_optimizer(method, oc.name, lr_peak, oc.weight_decay, oc.momentum, oc.lars_eta)
 
+    collapse = CollapseDetector(cfg.eval.collapse_std_ratio, cfg.eval.collapse_rank)
     step = 0
     if ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
@@ -85,6 +86,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         optimizer.load_state_dict(ck["optimizer"])
         set_rng_state(ck["rng"])
         step = ck["step"]
+        collapse.event = ck.get("collapse")
         print(f"selfsup: resuming {run_dir} from step {step}", file=sys.stderr)
     else:
         torch.manual_seed(tc.seed)
@@ -98,7 +100,8 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
 
     def save(at_step: int) -> None:
         atomic_save({"model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                     "rng": rng_state(), "step": at_step, "config": cfg.to_dict()}, ckpt_path)
+                     "rng": rng_state(), "step": at_step, "config": cfg.to_dict(),
+                     "collapse": collapse.event}, ckpt_path)
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else nullcontext())
@@ -107,7 +110,6 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     data_time = compute_time = 0.0
     images_seen, t_window = 0, time.perf_counter()
     last_logs: dict = {}
-    collapse = CollapseDetector(cfg.eval.collapse_std_ratio, cfg.eval.collapse_rank)
     method.train()
     while step < total:
         # 1. learning rate for this step
