@@ -78,8 +78,9 @@ def main() -> None:
         ips = [r["images_per_s"] for r in rs if "images_per_s" in r]
         zs = [r["z_std"] for r in rs if r.get("z_std") is not None]
         zr = [r["z_rank"] for r in rs if r.get("z_rank") is not None]
-        z_s = f"{np.mean(zs):.4f} ({rs[0]['z_std_healthy']:.4f})" if zs else "–"
-        col = ",".join(str(r.get("collapsed", "–")).lower() for r in rs) if zs else "–"
+        healthy = next((r["z_std_healthy"] for r in rs if r.get("z_std_healthy")), None)
+        z_s = f"{np.mean(zs):.4f} ({healthy:.4f})" if zs else "–"
+        col = ",".join(str(r["collapsed"]).lower() for r in rs if "collapsed" in r) or "–"
         print(f"| {LABELS[v]} | {seeds} | {fmt([r['knn200_acc'] for r in rs])} | "
               f"{fmt([r['knn20_acc'] for r in rs])} | {fmt([r['linear_acc'] for r in rs])} | "
               f"{f'{np.mean(ips):.0f}' if ips else '–'} | {z_s} | "
