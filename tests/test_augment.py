@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from selfsup.augment import ViewAugment, ViewConfig, view_preset

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from selfsup.cli import build_parser, main
+from selfsup.cli import main
 
 
 @pytest.mark.parametrize("argv", [[], ["pretrain"], ["eval"], ["list"], ["demo"]])
@@ -36,7 +36,6 @@ def test_bad_override_is_a_clear_error(capsys):
 
 def test_pretrain_on_folder_with_broken_files_then_eval(class_folder, tmp_path, capsys):
     (class_folder / "trout" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    test_root = tmp_path / "photos"  # evaluate on the same folder's images as a smoke check
     run = tmp_path / "run"
     common = ["data.dataset=folder", f"data.path={class_folder}", "data.image_size=12",
               "augment.size=12", "model.backbone=convnet", "model.width=0.25",
@@ -51,7 +50,7 @@ def test_pretrain_on_folder_with_broken_files_then_eval(class_folder, tmp_path, 
     assert summary["steps"] == 4 and summary["skipped_files"] == 1
     # eval the run's encoder: train = the folder, test = the folder (smoke: it must run and
     # separate two colour-coded classes)
-    rc = main(["eval", "knn", "--run", str(run), f"data.test_split=", "train.progress=false"])
+    rc = main(["eval", "knn", "--run", str(run), "data.test_split=", "train.progress=false"])
     assert rc == 2 and "data.test_split" in capsys.readouterr().err
     (class_folder.parent / "split").mkdir()
     import shutil

@@ -6,7 +6,6 @@ method's own Config dataclass. An unknown key is an error that lists the valid k
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -224,7 +223,3 @@ def resolve_preset(preset: str | Path) -> Path:
         return bundled
     raise ConfigError(f"preset '{preset}' is neither a file nor a bundled preset; bundled: "
                       f"{', '.join(preset_names())}")
-
-
-def replace(obj, **changes):
-    return dataclasses.replace(obj, **changes)

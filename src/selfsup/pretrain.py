@@ -22,7 +22,6 @@ from . import __version__, backbones
 from .augment.views import IMAGENET_MEAN, IMAGENET_STD
 from .config import RunConfig, config_from_dict
 from .data import ImageDataset, load_dataset
-from .data.splits import class_balanced_subset
 from .evaluate.collapse import collapse_metrics
 from .evaluate.features import extract_features
 from .evaluate.knn import knn_accuracy

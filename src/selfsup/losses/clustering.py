@@ -24,20 +24,27 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
     return (q * b).t()                               # rows sum to 1
 
 
+def _cross_view_ce(targets: list[torch.Tensor], logits: list[torch.Tensor],
+                   temperature: float) -> torch.Tensor:
+    """Mean over pairs (target view i, predicting view j != i) of the cross-entropy
+    -sum_k target_i[k] log softmax(logits_j / temperature)[k], averaged over the batch.
+    Target views are the first len(targets) views of ``logits``."""
+    total, pairs = 0.0, 0
+    for i, t in enumerate(targets):
+        for j, s in enumerate(logits):
+            if j != i:
+                total = total - (t * F.log_softmax(s.float() / temperature, dim=1)).sum(1).mean()
+                pairs += 1
+    return total / pairs
+
+
 def swav_loss(scores: list[torch.Tensor], codes: list[torch.Tensor],
               temperature: float = 0.1) -> torch.Tensor:
     """Swapped prediction (SwAV Eq. 3). scores: per crop [B, K] prototype scores (the first
     len(codes) crops are the global ones), codes: per global crop [B, K] Sinkhorn targets.
     For each global crop i, every other crop predicts q_i: -sum q_i log softmax(s / t).
     Averaged over (i, other crop) pairs."""
-    total, pairs = 0.0, 0
-    for i, q in enumerate(codes):
-        for j, s in enumerate(scores):
-            if j == i:
-                continue
-            total = total - (q * F.log_softmax(s.float() / temperature, dim=1)).sum(1).mean()
-            pairs += 1
-    return total / pairs
+    return _cross_view_ce(codes, scores, temperature)
 
 
 def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
@@ -46,14 +53,7 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
     teacher: per global crop [B, K] logits, center: [K]. Targets softmax((t - center) / tt);
     cross-entropy with log_softmax(s / ts) over all (teacher i, student j != i) pairs, averaged."""
     targets = [F.softmax((t.float() - center) / teacher_temp, dim=1).detach() for t in teacher]
-    total, pairs = 0.0, 0
-    for i, t in enumerate(targets):
-        for j, s in enumerate(student):
-            if j == i:
-                continue
-            total = total - (t * F.log_softmax(s.float() / student_temp, dim=1)).sum(1).mean()
-            pairs += 1
-    return total / pairs
+    return _cross_view_ce(targets, student, student_temp)
 
 
 @torch.no_grad()
