@@ -7,7 +7,7 @@ import pytest
 from selfsup.cli import main
 
 
-@pytest.mark.parametrize("argv", [[], ["pretrain"], ["eval"], ["list"], ["demo"]])
+@pytest.mark.parametrize("argv", [[], ["pretrain"], ["semisup"], ["eval"], ["list"], ["demo"]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv + ["--help"])
@@ -82,3 +82,34 @@ def test_demo_prints_the_comparison(tmp_path, capsys):
     for row in ("SimCLR (pretrained)", "random-init encoder", "raw pixels"):
         assert row in out
     assert (tmp_path / "demo" / "simclr" / "encoder.safetensors").exists()
+
+
+def test_semisup_on_a_folder_with_ssl_init(class_folder, tmp_path, capsys):
+    """The cannery path: a folder of labeled photos, 2 labels per class kept, 2 per class held
+    out for validation, FixMatch started from a self-supervised run."""
+    common = ["data.dataset=folder", f"data.path={class_folder}", "data.image_size=12",
+              "augment.size=12", "model.backbone=convnet", "model.width=0.25",
+              "train.batch_size=4", "train.progress=false"]
+    ssl = tmp_path / "ssl"
+    assert main(["pretrain", "-o", str(ssl), *common, "train.steps=2", "eval.knn_k=5",
+                 "eval.monitor_size=8"]) == 0
+    capsys.readouterr()
+    run = tmp_path / "fm"
+    rc = main(["semisup", "-o", str(run), "--init", str(ssl), *common, "method.name=fixmatch",
+               "method.uratio=2", "data.labels_per_class=2", "data.val_per_class=2",
+               "train.steps=4", "train.eval_every=2", "optim.name=sgd", "optim.scale_lr=false",
+               "optim.lr=0.03"])
+    assert rc == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["n_labeled"] == 4 and summary["n_val"] == 4 and summary["n_train"] == 20
+    assert json.loads((run / "init.json").read_text())["loaded"] == "encoder"
+    assert (run / "model.safetensors").exists() and "val_acc_best" in summary
+    # a self-supervised command refuses a semi-supervised method, and vice versa
+    assert main(["pretrain", *common, "method.name=fixmatch", f"train.out_dir={tmp_path}/x"]) == 2
+    assert "selfsup semisup" in capsys.readouterr().err
+    assert main(["semisup", *common, "method.name=simclr", f"train.out_dir={tmp_path}/y"]) == 2
+    assert "selfsup pretrain" in capsys.readouterr().err
+    # a backbone mismatch with --init names both
+    rc = main(["semisup", "-o", str(tmp_path / "bad"), "--init", str(ssl), *common,
+               "model.width=0.5", "method.name=supervised", "train.steps=1"])
+    assert rc == 2 and "width" in capsys.readouterr().err

@@ -41,7 +41,11 @@ SMALL_HEADS = {"byol": {"hidden_dim": 64, "out_dim": 32},
                                   "n_heads": 2}}
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+SEMI = [n for n in METHODS.names() if getattr(METHODS.get(n), "semi_supervised", False)]
+SELF = [n for n in METHODS.names() if n not in SEMI]
+
+
+@pytest.mark.parametrize("name", SELF)
 def test_method_contract(name):
     torch.manual_seed(0)
     cls = METHODS.get(name)
@@ -99,3 +103,49 @@ def test_simclr_head_kinds(head):
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in method.head.modules())
     assert n_linear == {"mlp": 2, "linear": 1, "none": 0}[head]
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in method.head.modules()) == (head == "mlp")
+
+
+@pytest.mark.parametrize("name", SEMI)
+def test_semisup_method_contract(name):
+    """Semi-supervised methods: the loop's batch is labeled images first (labels >= 0), then the
+    unlabeled stream (label -1); views(images, batch); the trained network is ``model`` and the
+    evaluated one its EMA copy (``encoder``)."""
+    from selfsup.semisup import Classifier
+
+    torch.manual_seed(0)
+    cls = METHODS.get(name)
+    cls.Config()
+    cfg = cls.Config(num_classes=3)
+    method = cls(backbones.create("convnet", width=0.25), cfg)
+    assert method.semi_supervised
+    if name == "distill":
+        method.set_teacher(Classifier(backbones.create("convnet", width=0.25), 3))
+    if name == "noisy_student":
+        import numpy as np
+
+        probs = torch.softmax(torch.randn(8, 3), 1).numpy()
+        method.set_pseudo_labels(8, np.arange(8), probs)
+    method.setup(8)
+    method.train()
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    batch = BatchInfo(torch.arange(8), torch.tensor([0, 1, 2, 0, -1, -1, -1, -1]))
+    views = method.views(images, batch)
+    assert all(not v.requires_grad and v.shape[-2:] == (16, 16) for v in views)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    out = method.training_step(views, 0.5, batch)
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert all(isinstance(v, float) for v in out.logs.values())
+    out.loss.backward()
+    for k, v in method.state_dict().items():
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(v, before[k]), k
+    grads = [p.grad for p in method.model.backbone.parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    frozen = {n: p for n, p in method.named_parameters() if not p.requires_grad}
+    assert frozen and all(p.grad is None for p in frozen.values())  # the EMA copy
+    frozen_before = {n: p.detach().clone() for n, p in frozen.items()}
+    torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5).step()
+    method.after_optimizer_step(0.5)
+    assert any(not torch.equal(frozen_before[n], p) for n, p in frozen.items())
+    assert method.encoder(views[0]).shape == (8, method.model.backbone.embed_dim)
+    assert method.predict_logits(views[0]).shape == (8, 3)

@@ -28,6 +28,27 @@ def _cmd_pretrain(args) -> int:
     return 0
 
 
+def _cmd_semisup(args) -> int:
+    from .config import load_config
+    from .semisupervised import mpl_with_finetune, noisy_student, train_semisup
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"train.out_dir={args.out}")
+    cfg = load_config(args.preset, overrides)
+    name = cfg.method.get("name")
+    if name == "noisy_student":
+        run_dir, summary = noisy_student(cfg, rounds=args.rounds, init=args.init,
+                                         teacher_overrides=args.teacher)
+    elif name == "mpl" and args.finetune_steps:
+        run_dir, summary = mpl_with_finetune(cfg, args.finetune_steps, init=args.init)
+    else:
+        run_dir, summary = train_semisup(cfg, init=args.init)
+    print(json.dumps(summary, indent=1))
+    print(f"run directory: {run_dir}")
+    return 0
+
+
 def _cmd_eval(args) -> int:
     import torch
 
@@ -88,7 +109,8 @@ def _cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised learning from "
-                                "unlabeled images: pretrain, evaluate, demo.")
+                                "unlabeled images: pretrain, semi-supervised training, evaluate, "
+                                "demo.")
     p.add_argument("--version", action="version", version=f"selfsup {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -103,6 +125,30 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--strict", action="store_true", help="fail on unreadable images")
     pt.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     pt.set_defaults(func=_cmd_pretrain)
+
+    ss = sub.add_parser("semisup", help="train a classifier from a few labels + unlabeled images",
+                        description="Semi-supervised training (supervised, pseudo_label, fixmatch, "
+                        "distill, noisy_student, mpl: set method.name or use a preset). Labels: "
+                        "data.labels_per_class per class chosen by seed (the rest unlabeled); "
+                        "data.val_per_class per class held out for model selection. Writes a run "
+                        "directory with config.yaml, splits.json, metrics.jsonl, eval_history.json, "
+                        "model.safetensors (classifier), encoder.safetensors and summary.json "
+                        "(final test accuracy, median of the last evaluations, test accuracy at "
+                        "the best validation accuracy). Re-running with the same --out resumes.")
+    ss.add_argument("--preset", "-p", default=None,
+                    help="YAML preset: a file or a bundled name (selfsup list presets)")
+    ss.add_argument("--out", "-o", default=None, help="run directory (default runs/<method>-<time>)")
+    ss.add_argument("--init", default=None, help="start from a run directory: a self-supervised "
+                    "run (its encoder: 'SSL + fine-tune') or a semi-supervised one (its classifier)")
+    ss.add_argument("--rounds", type=int, default=2, help="noisy_student: student rounds after "
+                    "the labels-only teacher (default 2)")
+    ss.add_argument("--teacher", action="append", default=None, metavar="KEY=VALUE",
+                    help="noisy_student: an override for the round-0 teacher only, e.g. "
+                    "--teacher model.width=0.5 (repeatable)")
+    ss.add_argument("--finetune-steps", type=int, default=0, help="mpl: fine-tune the student on "
+                    "the labels alone for this many steps afterwards (the paper's last stage)")
+    ss.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    ss.set_defaults(func=_cmd_semisup)
 
     ev = sub.add_parser("eval", help="kNN or linear-probe evaluation of an encoder",
                         description="Evaluate frozen features: 'knn' (cosine, temperature-weighted "

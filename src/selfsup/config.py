@@ -29,6 +29,10 @@ class DataConfig:
     cache_dir: str | None = None     # default: $SELFSUP_CACHE or ~/.cache/selfsup
     strict: bool = False             # fail on unreadable files instead of skipping them
     subset: int | None = None        # use only this many training images (chosen by seed)
+    labels_per_class: int | None = None  # semi-supervised: keep N labels per class (by seed),
+                                         # hide the rest; None = every label given is used
+    val_per_class: int = 0           # semi-supervised: labeled images per class held out for
+                                     # model selection (never trained on; not the test split)
 
 
 @dataclass
@@ -49,6 +53,9 @@ class OptimConfig:
     final_lr_ratio: float = 0.0      # cosine decays to lr * final_lr_ratio
     grad_clip: float | None = None   # max global grad norm
     lars_eta: float = 0.001          # LARS trust coefficient
+    nesterov: bool = False           # SGD only (FixMatch uses Nesterov momentum)
+    schedule: str = "cosine"         # cosine | fixmatch (cos to 7 pi / 16) | constant
+    scale_lr: bool = True            # lr * batch_size / 256 (linear scaling rule); off = lr as given
 
 
 @dataclass
@@ -78,6 +85,8 @@ class EvalConfig:
     collapse_rank: float = 1.5       # ... or effective rank below this
     collapse_after: float = 0.1      # judged only after this fraction of training (heads
                                      # without BN start concentrated at initialisation)
+    median_last: int = 5             # semi-supervised: report the median test accuracy of the
+                                     # last N evaluations (FixMatch: 20 checkpoints)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,

@@ -165,6 +165,9 @@ def load_encoder(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
 
 def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int | None = None
              ) -> tuple[Path, dict]:
+    if getattr(METHODS.get(cfg.method.get("name", "simclr")), "semi_supervised", False):
+        raise RunDirError(f"method '{cfg.method.get('name')}' trains a classifier from labels: "
+                          f"use `selfsup semisup` (selfsup.semisupervised.train_semisup)")
     run_dir = Path(run_dir or cfg.train.out_dir or default_run_dir(cfg))
     prepare_run_dir(cfg, run_dir)
     device = resolve_device(cfg.train.device)

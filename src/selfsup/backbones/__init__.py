@@ -20,4 +20,4 @@ def names() -> list[str]:
     return BACKBONES.names()
 
 
-from . import convnet, resnet  # noqa: E402,F401  (registers the backbones)
+from . import convnet, resnet, wideresnet  # noqa: E402,F401  (registers the backbones)

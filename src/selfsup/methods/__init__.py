@@ -8,3 +8,5 @@ from . import barlow_twins, byol, deepcluster, dino, mocov2, simclr, simsiam, su
 from .base import BatchInfo, Method, StepOutput  # noqa: E402
 
 __all__ = ["METHODS", "BatchInfo", "Method", "StepOutput"]
+
+from .. import semisup as _semisup  # noqa: E402,F401  (registers the semi-supervised methods)

@@ -13,3 +13,23 @@ def warmup_cosine(progress: float, warmup: float, final_ratio: float = 0.0) -> f
         return progress / warmup
     t = (progress - warmup) / max(1e-12, 1.0 - warmup)
     return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def fixmatch_cosine(progress: float, warmup: float = 0.0) -> float:
+    """FixMatch's decay (Sohn et al., 2020, Sec. 4; google-research/fixmatch): lr * cos(7 pi k / 16K),
+    a cosine that stops at 7 pi / 16 (multiplier 0.195 at the end), after an optional warm-up."""
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and progress < warmup:
+        return progress / warmup
+    t = (progress - warmup) / max(1e-12, 1.0 - warmup)
+    return math.cos(7 * math.pi * t / 16)
+
+
+def lr_multiplier(name: str, progress: float, warmup: float, final_ratio: float = 0.0) -> float:
+    if name == "cosine":
+        return warmup_cosine(progress, warmup, final_ratio)
+    if name == "fixmatch":
+        return fixmatch_cosine(progress, warmup)
+    if name == "constant":
+        return min(1.0, progress / warmup) if warmup > 0 else 1.0
+    raise ValueError(f"unknown optim.schedule '{name}'; choose one of: constant, cosine, fixmatch")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..evaluate.collapse import CollapseDetector, collapse_metrics
 from ..methods.base import BatchInfo
-from ..nn.schedules import warmup_cosine
+from ..nn.schedules import lr_multiplier
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .metrics import MetricsWriter
 from .optim import build_optimizer
@@ -41,6 +41,24 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(n, generator=g)
     return perm[pos * batch_size:(pos + 1) * batch_size].numpy()
+
+
+def stream_indices(pool: np.ndarray, batch_size: int, seed: int, step: int,
+                   stream: int = 0) -> np.ndarray:
+    """An infinite stream over ``pool``: positions step*batch .. (step+1)*batch of the
+    concatenation of independent shuffles of ``pool`` (one per pass, seeded by (seed, stream,
+    pass)). Works when the pool is smaller than a batch (40 labels, batch 64). Pure function of
+    (seed, step), so resumed runs see the same data."""
+    n = len(pool)
+    pos = np.arange(step * batch_size, (step + 1) * batch_size)
+    passes, within = np.divmod(pos, n)
+    out = np.empty(batch_size, dtype=np.int64)
+    for p in np.unique(passes):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (stream + 1) + int(p))
+        perm = torch.randperm(n, generator=g).numpy()
+        sel = passes == p
+        out[sel] = pool[perm[within[sel]]]
+    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,10 +82,25 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     if tc.threads:
         torch.set_num_threads(tc.threads)
     n, bs, total = len(dataset), tc.batch_size, tc.steps
-    if n < bs:
+    # semi-supervised methods zip an infinite labeled stream (bs) and an infinite unlabeled
+    # stream (uratio * bs) over the images the dataset marks unlabeled (label -1) or labeled
+    semi = getattr(method, "semi_supervised", False)
+    if semi:
+        labeled_pool = np.flatnonzero(dataset.labels >= 0)
+        unlabeled_pool = method.unlabeled_pool(dataset.labels)
+        ubs = int(round(method.uratio * bs))
+        if len(labeled_pool) == 0:
+            raise ValueError("this semi-supervised method needs labeled images; the dataset has "
+                             "none (give class sub-folders or a labels CSV)")
+        if ubs and len(unlabeled_pool) == 0:
+            raise ValueError("no unlabeled images to train on: add unlabeled images, lower "
+                             "data.labels_per_class, or set method.uratio=0")
+        steps_per_epoch = max(1, (len(unlabeled_pool) // ubs) if ubs else len(labeled_pool) // bs)
+    elif n < bs:
         raise ValueError(f"train.batch_size={bs} is larger than the dataset ({n} images); "
                          f"lower train.batch_size")
-    steps_per_epoch = n // bs
+    else:
+        steps_per_epoch = n // bs
     eval_every = tc.eval_every or steps_per_epoch
 
     method.setup(n)
@@ -75,8 +108,10 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     channels_last = cfg.model.channels_last and device.type in ("cpu", "cuda")
     if channels_last:
         method.to(memory_format=torch.channels_last)
-    lr_peak = oc.lr * bs / 256  # linear scaling rule (Goyal et al., 2017; SimCLR)
-    optimizer = build_optimizer(method, oc.name, lr_peak, oc.weight_decay, oc.momentum, oc.lars_eta)
+    # linear scaling rule (Goyal et al., 2017; SimCLR); semi-supervised recipes give lr as is
+    lr_peak = oc.lr * bs / 256 if oc.scale_lr else oc.lr
+    optimizer = build_optimizer(method, oc.name, lr_peak, oc.weight_decay, oc.momentum, oc.lars_eta,
+                                oc.nesterov)
 
     collapse = CollapseDetector(cfg.eval.collapse_std_ratio, cfg.eval.collapse_rank)
     step = 0
@@ -113,16 +148,25 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     method.train()
     while step < total:
         # 1. learning rate for this step
-        lr = lr_peak * warmup_cosine((step + 1) / total, oc.warmup, oc.final_lr_ratio)
+        lr = lr_peak * lr_multiplier(oc.schedule, (step + 1) / total, oc.warmup, oc.final_lr_ratio)
         for g in optimizer.param_groups:
             g["lr"] = lr
         # 2. data path: batch -> device -> augmented views (timed separately)
         t0 = time.perf_counter()
-        idx = batch_indices(n, bs, tc.seed, step)
+        if semi:
+            idx_l = stream_indices(labeled_pool, bs, tc.seed, step, stream=0)
+            idx_u = (stream_indices(unlabeled_pool, ubs, tc.seed, step, stream=1) if ubs
+                     else np.zeros(0, np.int64))
+            idx = np.concatenate([idx_l, idx_u])
+        else:
+            idx = batch_indices(n, bs, tc.seed, step)
         idx_t = torch.from_numpy(idx).to(device)
         x = images[idx_t] if resident else dataset.batch(idx).to(device)
-        info = BatchInfo(index=idx_t, label=labels[idx_t])
-        views = method.views(x)
+        y = labels[idx_t]
+        if semi:  # the unlabeled stream never sees labels, even of images that have one
+            y = torch.cat([y[:bs], torch.full_like(y[bs:], -1)])
+        info = BatchInfo(index=idx_t, label=y)
+        views = method.views(x, info) if semi else method.views(x)
         if channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         t1 = time.perf_counter()
@@ -150,7 +194,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         t2 = time.perf_counter()
         data_time += t1 - t0
         compute_time += t2 - t1
-        images_seen += bs
+        images_seen += len(idx)
         step += 1
         bar.update(1)
         # 5. log

@@ -55,14 +55,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
-                    momentum: float = 0.9, lars_eta: float = 0.001) -> torch.optim.Optimizer:
+                    momentum: float = 0.9, lars_eta: float = 0.001,
+                    nesterov: bool = False) -> torch.optim.Optimizer:
     groups = param_groups(model, weight_decay)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, eta=lars_eta)
     for g in groups:
         g.pop("lars")
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     raise ValueError(f"unknown optimizer '{name}'; choose one of: adamw, lars, sgd")

@@ -1,0 +1,62 @@
+"""FixMatch (Sohn et al., 2020): consistency between a weak and a strong view, through pseudo-labels.
+
+Algorithm (paper, Alg. 1): for each unlabeled image u, q = softmax(f(weak(u))) (no gradient);
+if max q >= tau, argmax q is a hard label for f(strong(u)), strong = RandAugment + Cutout.
+Loss = CE(labeled, weak) + lambda_u * (1/(mu B)) sum 1[max q >= tau] CE(argmax q, f(strong(u))).
+Recipe (reference A.0): tau 0.95, lambda_u 1, mu 7, B 64, SGD Nesterov lr 0.03, wd 5e-4 on
+weights only, lr cos(7 pi k / 16 K), EMA 0.999 for evaluation, WRN-28-2. Labeled, weak and strong
+batches go through the network together so BatchNorm sees all of them (``use_cat``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..losses.semisup import fixmatch_loss
+from ..methods import METHODS
+from ..methods.base import StepOutput
+from .base import Classifier, SemiSupervisedMethod, make_augment
+
+
+@dataclass
+class FixMatchConfig:
+    num_classes: int = 10
+    threshold: float = 0.95
+    lambda_u: float = 1.0
+    uratio: float = 7.0
+    ema_decay: float = 0.999
+    ra_ops: int = 2            # RandAugment operations per image
+    cutout: float = 0.5        # max Cutout side / image side
+
+
+@METHODS.register("fixmatch")
+class FixMatch(SemiSupervisedMethod):
+    Config = FixMatchConfig
+
+    def __init__(self, backbone: nn.Module, cfg: FixMatchConfig | None = None, view_cfg=None):
+        super().__init__()
+        self.cfg = cfg = cfg or FixMatchConfig()
+        self.model = Classifier(backbone, cfg.num_classes)
+        self.augment = make_augment(view_cfg, cfg.ra_ops, cfg.cutout)
+        self.init_ema()
+
+    def views(self, images, batch):
+        n_l = int((batch.label >= 0).sum())
+        return [self.augment.weak(images), self.augment.strong(images[n_l:])]
+
+    def training_step(self, views, progress, batch=None) -> StepOutput:
+        n_l, y = self.split(batch)
+        weak, strong = views
+        n_u = strong.shape[0]
+        logits = self.model(torch.cat([weak, strong]))   # [n_l + 2 n_u, C]
+        logits_l = logits[:n_l]
+        logits_w, logits_s = logits[n_l:n_l + n_u], logits[n_l + n_u:]
+        loss_l = F.cross_entropy(logits_l, y)
+        loss_u, mask = fixmatch_loss(logits_w, logits_s, self.cfg.threshold)
+        loss = loss_l + self.cfg.lambda_u * loss_u
+        return StepOutput(loss, {"loss": loss.item(), "loss_l": loss_l.item(),
+                                 "loss_u": loss_u.item(), "mask": mask.mean().item()})
