@@ -38,6 +38,11 @@ VARIANTS = {
     **{m: (f"{m}_cifar10_cpu", []) for m in (
         "mocov2", "byol", "simsiam", "barlow_twins", "vicreg", "swav", "dino", "deepcluster_v2",
         "supcon")},
+    # DINO with the official ResNet-50 recipe (facebookresearch/dino README): SGD lr 0.03,
+    # wd 1e-4, teacher temperature 0.04 throughout, global crops 0.14-1, local 0.05-0.14
+    "dino_sgd": ("dino_cifar10_cpu", ["optim.name=sgd", "optim.lr=0.03", "optim.weight_decay=1e-4",
+                                      "method.teacher_temp=0.04", "method.global_scale_min=0.14",
+                                      "method.local_scale_max=0.14"]),
 }
 
 

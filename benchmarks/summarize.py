@@ -23,9 +23,10 @@ LABELS = {
     "mocov2": "MoCo v2", "byol": "BYOL", "simsiam": "SimSiam", "barlow_twins": "Barlow Twins",
     "vicreg": "VICReg", "swav": "SwAV (2+2 crops)", "dino": "DINO (2+2 crops)",
     "deepcluster_v2": "DeepCluster-v2", "supcon": "SupCon (uses all labels)",
+    "dino_sgd": "DINO, official ResNet recipe (SGD, teacher temp 0.04)",
 }
 METHODS = ["random", "simclr", "mocov2", "byol", "simsiam", "barlow_twins", "vicreg", "swav",
-           "dino", "deepcluster_v2", "supcon"]
+           "dino", "dino_sgd", "deepcluster_v2", "supcon"]
 TABLES = {
     "Pretraining vs baselines": ["simclr", "random", "raw"],
     "Claim: crop + colour beats either alone": ["simclr", "crop_only", "color_only"],
@@ -75,7 +76,8 @@ def main() -> None:
             print(f"| {LABELS[v]} | – | not run yet | | | | | | |")
             continue
         seeds = ",".join(str(r["seed"]) for r in rs)
-        ips = [r["images_per_s"] for r in rs if "images_per_s" in r]
+        # throughput from seed 0 only: those runs had the machine to themselves
+        ips = [r["images_per_s"] for r in rs if "images_per_s" in r and r["seed"] == 0]
         zs = [r["z_std"] for r in rs if r.get("z_std") is not None]
         zr = [r["z_rank"] for r in rs if r.get("z_rank") is not None]
         healthy = next((r["z_std_healthy"] for r in rs if r.get("z_std_healthy")), None)
@@ -85,6 +87,57 @@ def main() -> None:
               f"{fmt([r['knn20_acc'] for r in rs])} | {fmt([r['linear_acc'] for r in rs])} | "
               f"{f'{np.mean(ips):.0f}' if ips else '–'} | {z_s} | "
               f"{f'{np.mean(zr):.1f}' if zr else '–'} | {col} |")
+
+    semisup_tables()
+
+
+SEMI_LABELS = {
+    "supervised": "labels only",
+    "pl_lee2013": "Pseudo-Label, Lee 2013 (no threshold, alpha(t))",
+    "pl_oliver2018": "Pseudo-Label, thresholded 0.95 + ramp (Oliver 2018)",
+    "fixmatch": "FixMatch",
+    "noisy_student_round0": "Noisy Student teacher (= labels only)",
+    "noisy_student_round1": "Noisy Student, round 1",
+    "noisy_student_round2": "Noisy Student, round 2",
+    "mpl_no_finetune": "Meta Pseudo Labels (student, before fine-tuning)",
+    "mpl": "Meta Pseudo Labels (+ fine-tune on labels)",
+    "simclr_finetune": "SimCLR + fine-tune on labels",
+    "simclr_fixmatch": "SimCLR init + FixMatch",
+    "distill": "KD: same-size student of the FixMatch model",
+}
+
+
+def semisup_tables(path: str = "benchmarks/results/cifar10_semisup.jsonl") -> None:
+    import os
+
+    if not os.path.exists(path):
+        return
+    rows = [json.loads(x) for x in open(path) if x.strip()]
+    latest = {}
+    for r in rows:  # a re-run of the same (variant, labels, seed) replaces the older row
+        latest[(r["variant"], r["labels"], r["seed"])] = r
+    labels = sorted({k[1] for k in latest})
+    print("\n**Semi-supervised, CIFAR-10 CPU protocol** (test accuracy %, EMA model; final / "
+          "median of the last 5 evaluations / at the best validation accuracy)\n")
+    head = " | ".join(f"{n} labels: final | median last 5 | at best val" for n in labels)
+    print(f"| method | seeds | {head} | s/run |")
+    print("|---|---|" + "---|---|---|" * len(labels) + "---|")
+    for v, name in SEMI_LABELS.items():
+        cells, seeds, secs = [], set(), []
+        for n in labels:
+            rs = [r for (vv, ll, _), r in sorted(latest.items()) if vv == v and ll == n]
+            seeds |= {r["seed"] for r in rs}
+            secs += [r["seconds"] for r in rs if r.get("seconds")]
+            if not rs:
+                cells.append("– | – | –")
+                continue
+            get = lambda k: [r[k] for r in rs if k in r]  # noqa: E731
+            cells.append(" | ".join(fmt(get(k)) if get(k) else "–" for k in (
+                "test_acc_final", "test_acc_median_last", "test_acc_at_best_val")))
+        if not seeds:
+            continue
+        s = ",".join(str(x) for x in sorted(seeds))
+        print(f"| {name} | {s} | {' | '.join(cells)} | {np.mean(secs):.0f} |")
 
 
 if __name__ == "__main__":

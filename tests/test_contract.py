@@ -38,7 +38,9 @@ SMALL_HEADS = {"byol": {"hidden_dim": 64, "out_dim": 32},
                         "queue_size": 16, "queue_start": 0.0},
                "dino": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local_crops": 2},
                "deepcluster_v2": {"hidden_dim": 32, "out_dim": 16, "n_prototypes": 4,
-                                  "n_heads": 2}}
+                                  "n_heads": 2},
+               "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 4}}
+VIT_METHODS = {"mae"}  # methods that need a ViT backbone
 
 
 SEMI = [n for n in METHODS.names() if getattr(METHODS.get(n), "semi_supervised", False)]
@@ -51,7 +53,10 @@ def test_method_contract(name):
     cls = METHODS.get(name)
     cls.Config()  # paper defaults must construct
     cfg = cls.Config(**SMALL_HEADS.get(name, {}))
-    backbone = backbones.create("convnet", width=0.25)
+    if name in VIT_METHODS:
+        backbone = backbones.create("vit_tiny", width=0.25, image_size=16, patch_size=4, depth=2)
+    else:
+        backbone = backbones.create("convnet", width=0.25)
     method = cls(backbone, cfg, ViewConfig(size=16))
     method.setup(8)  # the loop calls this with the dataset size
     method.train()

@@ -41,6 +41,7 @@ class ModelConfig:
     width: float = 1.0
     cifar_stem: bool = True
     channels_last: bool = True
+    patch_size: int = 4              # ViTs only: pixels per patch side (image size: augment.size)
 
 
 @dataclass

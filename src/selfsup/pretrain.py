@@ -36,7 +36,7 @@ class RunDirError(RuntimeError):
 
 def build_backbone(cfg: RunConfig) -> torch.nn.Module:
     m = cfg.model
-    return backbones.create(m.backbone, width=m.width, cifar_stem=m.cifar_stem)
+    return backbones.build(m.backbone, m.width, m.cifar_stem, cfg.augment.size, m.patch_size)
 
 
 def build_method(cfg: RunConfig) -> torch.nn.Module:
@@ -130,6 +130,7 @@ def save_encoder(method, cfg: RunConfig, run_dir: Path) -> Path:
 
     meta = {"backbone": cfg.model.backbone, "width": str(cfg.model.width),
             "cifar_stem": str(cfg.model.cifar_stem), "image_size": str(cfg.data.image_size),
+            "input_size": str(cfg.augment.size), "patch_size": str(cfg.model.patch_size),
             "mean": json.dumps(IMAGENET_MEAN), "std": json.dumps(IMAGENET_STD),
             "method": cfg.method.get("name", ""), "selfsup_version": __version__}
     state = {k: v.detach().cpu().contiguous() for k, v in method.encoder.state_dict().items()}

@@ -75,6 +75,7 @@ def save_classifier(model: Classifier, cfg: RunConfig, classes: list[str], run_d
 
     meta = {"backbone": cfg.model.backbone, "width": str(cfg.model.width),
             "cifar_stem": str(cfg.model.cifar_stem), "image_size": str(cfg.data.image_size),
+            "input_size": str(cfg.augment.size), "patch_size": str(cfg.model.patch_size),
             "classes": json.dumps(classes), "mean": json.dumps(IMAGENET_MEAN),
             "std": json.dumps(IMAGENET_STD), "method": cfg.method.get("name", ""),
             "selfsup_version": __version__}
@@ -99,8 +100,9 @@ def load_classifier(run_dir: str | Path) -> tuple[Classifier, dict]:
         meta = dict(f.metadata())
     from . import backbones
 
-    backbone = backbones.create(meta["backbone"], width=float(meta["width"]),
-                                cifar_stem=meta["cifar_stem"] == "True")
+    backbone = backbones.build(meta["backbone"], float(meta["width"]), meta["cifar_stem"] == "True",
+                               int(meta.get("input_size", meta["image_size"])),
+                               int(meta.get("patch_size", 4)))
     model = Classifier(backbone, len(json.loads(meta["classes"])))
     state = load_file(str(path))
     model.load_state_dict(state)

@@ -16,8 +16,18 @@ def create(name: str, **kwargs) -> nn.Module:
     return BACKBONES.get(name)(**kwargs)
 
 
+def build(name: str, width: float = 1.0, cifar_stem: bool = True, image_size: int = 32,
+          patch_size: int = 4) -> nn.Module:
+    """Build from the run's settings: ViTs also take the image and patch sizes (their token grid
+    and position embeddings depend on them); convnets ignore those."""
+    if name.startswith("vit"):
+        return create(name, width=width, cifar_stem=cifar_stem, image_size=image_size,
+                      patch_size=patch_size)
+    return create(name, width=width, cifar_stem=cifar_stem)
+
+
 def names() -> list[str]:
     return BACKBONES.names()
 
 
-from . import convnet, resnet, wideresnet  # noqa: E402,F401  (registers the backbones)
+from . import convnet, resnet, vit, wideresnet  # noqa: E402,F401  (registers the backbones)

@@ -101,7 +101,7 @@ class NoisyStudent(SemiSupervisedMethod):
             if self.targets is None:
                 raise ValueError("noisy_student trains on a teacher's pseudo-labels: run it with "
                                  "`selfsup semisup --rounds K` (or call set_pseudo_labels)")
-            t = self.targets.to(logits.device)[batch.index[n_l:]]
+            t = self.targets[batch.index[n_l:].cpu()].to(logits.device)
             loss_u = soft_target_loss(logits[n_l:], t)
         else:
             loss_u = logits.sum() * 0

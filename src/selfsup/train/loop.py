@@ -140,7 +140,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else nullcontext())
-    bar = tqdm(total=total, initial=step, desc=f"pretrain {cfg.method.get('name')}", unit="step",
+    bar = tqdm(total=total, initial=step, desc=f"train {cfg.method.get('name')}", unit="step",
                disable=not tc.progress, file=sys.stderr, dynamic_ncols=True)
     data_time = compute_time = 0.0
     images_seen, t_window = 0, time.perf_counter()

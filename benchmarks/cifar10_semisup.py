@@ -1,0 +1,124 @@
+"""CIFAR-10 semi-supervised CPU protocol (BENCHMARKS.md section 4).
+
+Every variant runs the bundled preset ``fixmatch_cifar10_cpu`` (CPU convnet, 32 px, batch 32
+labeled + uratio x 32 unlabeled, 500 steps, FixMatch's SGD recipe, 50 labeled images per class
+held out of the training set for validation) with only the method changed, at 4 and 25 labels
+per class (CIFAR-10@40 and @250), for each seed. Reported: test accuracy of the EMA model at the
+end, the median of the last 5 evaluations (every 50 steps) and at the best validation accuracy.
+
+    python benchmarks/cifar10_semisup.py --data PATH/cifar10-jpeg.tar.gz --labels 4 25 --seeds 0 1
+
+Variants: supervised (labels only), pl_lee2013, pl_oliver2018, fixmatch, noisy_student (teacher =
+labels only, then 2 noised student rounds), mpl (+ 100 fine-tuning steps on the labels),
+simclr_finetune and simclr_fixmatch (start from the SimCLR encoder of the CPU protocol, see
+``--simclr-dir``), distill (student of the same size distilled from this seed's FixMatch model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from selfsup.config import load_config
+from selfsup.pretrain import pretrain
+from selfsup.semisupervised import mpl_with_finetune, noisy_student, train_semisup
+
+BASE = "fixmatch_cifar10_cpu"
+VARIANTS = {
+    "supervised": ["method.name=supervised"],
+    # Lee (2013): alpha_f 3, T1/T2 scaled from 100/600 epochs to this run's ~1.3 unlabeled epochs
+    "pl_lee2013": ["method.name=pseudo_label", "method.schedule=lee2013", "method.uratio=4",
+                   "method.t1=0.2", "method.t2=1.0"],
+    "pl_oliver2018": ["method.name=pseudo_label", "method.schedule=oliver2018", "method.uratio=4"],
+    "fixmatch": [],
+    "noisy_student": ["method.name=noisy_student", "method.uratio=4", "method.per_class=1000"],
+    "mpl": ["method.name=mpl", "method.uratio=4"],
+    "simclr_finetune": ["method.name=supervised"],
+    "simclr_fixmatch": [],
+    "distill": ["method.name=distill", "method.uratio=4"],
+}
+
+
+def simclr_run(simclr_dir: Path, data: str, seed: int) -> Path:
+    """The newest finished SimCLR CPU-protocol run of this seed, or a new one."""
+    done = sorted(p.parent for p in simclr_dir.glob(f"simclr-seed{seed}-*/encoder.safetensors"))
+    if done:
+        return done[-1]
+    cfg = load_config("simclr_cifar10_cpu", [f"data.path={data}", f"train.seed={seed}",
+                                             "eval.monitor=false", "train.progress=false"])
+    run, _ = pretrain(cfg, simclr_dir / f"simclr-seed{seed}-{int(time.time())}")
+    return run
+
+
+def row(variant: str, labels: int, seed: int, summary: dict, seconds: float, **extra) -> dict:
+    keys = ("test_acc_final", "test_acc_median_last", "test_acc_at_best_val", "val_acc_best",
+            "images_per_s", "n_labeled", "steps")
+    return {"variant": variant, "labels": labels * 10, "seed": seed, "seconds": round(seconds, 1),
+            **{k: summary[k] for k in keys if k in summary}, **extra,
+            "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--labels", type=int, nargs="+", default=[4, 25], help="labels per class")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--only", nargs="+", default=None, choices=list(VARIANTS))
+    ap.add_argument("--steps", type=int, default=None, help="override the preset's 500 steps")
+    ap.add_argument("--out-dir", default="runs/cifar10_semisup")
+    ap.add_argument("--simclr-dir", default="runs/cifar10_protocol")
+    ap.add_argument("--results", default="benchmarks/results/cifar10_semisup.jsonl")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    res = Path(a.results)
+    res.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(r: dict) -> None:
+        print(json.dumps(r), flush=True)
+        with res.open("a") as f:
+            f.write(json.dumps(r) + "\n")
+
+    for seed in a.seeds:
+        for lpc in a.labels:
+            common = [f"data.path={a.data}", f"train.seed={seed}", f"data.labels_per_class={lpc}",
+                      "train.progress=false"] + ([f"train.steps={a.steps}"] if a.steps else [])
+            base_dir = Path(a.out_dir) / f"l{lpc * 10}-seed{seed}"
+            for name in a.only or list(VARIANTS):
+                over = common + VARIANTS[name]
+                out = base_dir / name
+                t0 = time.time()
+                if name == "noisy_student":
+                    _, s = noisy_student(load_config(BASE, over), rounds=2, run_dir=out)
+                    for r in s["rounds"]:
+                        emit(row(f"noisy_student_round{r['round']}", lpc, seed, r,
+                                 r.get("train_seconds", 0.0),
+                                 **{k: r[k] for k in ("pseudo_labeled", "pseudo_unique")
+                                    if k in r}))
+                    continue
+                if name == "mpl":
+                    _, s = mpl_with_finetune(load_config(BASE, over), 100, run_dir=out)
+                    emit(row("mpl_no_finetune", lpc, seed, s["mpl"], time.time() - t0))
+                    emit(row("mpl", lpc, seed, s["finetune"], time.time() - t0))
+                    continue
+                init = None
+                if name.startswith("simclr_"):
+                    init = simclr_run(Path(a.simclr_dir), a.data, seed)
+                if name == "distill":
+                    teacher = base_dir / "fixmatch"
+                    if not (teacher / "model.safetensors").exists():
+                        raise SystemExit(f"distill needs {teacher}: run the fixmatch variant first")
+                    over = over + [f"method.teacher={teacher}"]
+                if (out / "summary.json").exists():
+                    s = json.loads((out / "summary.json").read_text())
+                else:
+                    _, s = train_semisup(load_config(BASE, over), out, init=init)
+                emit(row(name, lpc, seed, s, time.time() - t0,
+                         **({"init": str(init)} if init else {})))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from selfsup.methods.rotnet import rotate_batch
+
+
+def test_rotation_labels_are_exactly_recoverable():
+    x = torch.rand(5, 3, 8, 8)
+    x4, labels = rotate_batch(x)
+    assert x4.shape == (20, 3, 8, 8) and labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
+    for img, k, i in zip(x4, labels, list(range(5)) * 4):
+        # undoing k quarter turns gives the original pixels exactly (no interpolation)
+        assert torch.equal(torch.rot90(img, -int(k), dims=(1, 2)), x[i])
+        # and no other number of turns does (the images are not rotation-symmetric)
+        for j in range(4):
+            if j != int(k):
+                assert not torch.equal(torch.rot90(img, -j, dims=(1, 2)), x[i])
+
+
+def test_rotation_90_is_counter_clockwise():
+    x = torch.zeros(1, 1, 3, 3)
+    x[0, 0, 0, 2] = 1  # top-right corner
+    x4, _ = rotate_batch(x)
+    assert x4[1, 0, 0, 0] == 1  # a quarter turn counter-clockwise moves it to the top-left
+
+
+def test_rotation_needs_square_images():
+    with pytest.raises(ValueError, match="square"):
+        rotate_batch(torch.rand(1, 3, 8, 6))
+
+
+from selfsup.losses.reconstruction import (gaussian_kl, masked_patch_mse, patchify,  # noqa: E402
+                                           random_masking, unpatchify)
+
+
+def test_mae_masking_keeps_the_ratio_per_sample_and_differs_between_samples():
+    keep, mask, restore = random_masking(6, 64, 0.75, generator=torch.Generator().manual_seed(0))
+    assert keep.shape == (6, 16)
+    assert (mask.sum(1) == 48).all()                     # exactly 75% masked in every image
+    for i in range(6):                                   # kept indices are the unmasked ones
+        assert set(keep[i].tolist()) == set(torch.nonzero(mask[i] == 0).flatten().tolist())
+    assert not torch.equal(mask[0], mask[1])
+    shuffled = torch.argsort(restore, dim=1)             # restore undoes the shuffle
+    assert torch.equal(torch.gather(shuffled, 1, restore), torch.arange(64).expand(6, 64))
+
+
+def test_patchify_round_trip_and_layout():
+    x = torch.rand(2, 3, 8, 8)
+    t = patchify(x, 4)
+    assert t.shape == (2, 4, 48)
+    assert torch.equal(unpatchify(t, 4), x)
+    # patch 1 is the top-right 4x4 block; its first entry is pixel (0, 4), channel 0
+    assert t[0, 1, 0] == x[0, 0, 0, 4] and t[0, 1, 1] == x[0, 1, 0, 4]
+
+
+def test_masked_patch_mse_covers_only_masked_patches():
+    g = torch.Generator().manual_seed(0)
+    target, pred = torch.randn(2, 4, 12, generator=g), torch.randn(2, 4, 12, generator=g)
+    mask = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]])
+    loss = masked_patch_mse(pred, target, mask, norm_pix=False)
+    expected = sum(((pred[b, i] - target[b, i]) ** 2).mean() for b, i in [(0, 0), (0, 3), (1, 1)]) / 3
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    pred2 = pred.clone()
+    pred2[mask == 0] += 100                              # visible patches do not count
+    assert masked_patch_mse(pred2, target, mask, norm_pix=False).item() == pytest.approx(loss.item())
+    # norm_pix: each target patch is standardised by its own mean and (unbiased) variance
+    t = target[0, 0]
+    z = (t - t.mean()) / (t.var() + 1e-6) ** 0.5
+    one = torch.tensor([[1.0, 0, 0, 0]])
+    assert masked_patch_mse(z[None, None].expand(1, 4, 12), target[:1], one).item() == \
+        pytest.approx(0.0, abs=1e-10)
+
+
+def test_vae_kl_matches_closed_form_and_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros(3), torch.ones(3))
+    ref = torch.distributions.kl_divergence(q, p).sum(1)
+    assert torch.allclose(gaussian_kl(mu, logvar), ref, atol=1e-6)
+    assert gaussian_kl(torch.zeros(1, 4), torch.zeros(1, 4)).item() == 0.0
+
+
+def test_mae_encoder_sees_only_visible_patches():
+    from selfsup import backbones
+    from selfsup.methods import METHODS
+
+    vit = backbones.create("vit_tiny", width=0.25, image_size=16, patch_size=4, depth=1)
+    seen = []
+    vit.blocks[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    mae = METHODS.get("mae")(vit, METHODS.get("mae").Config(decoder_dim=16, decoder_depth=1,
+                                                            decoder_heads=2))
+    pred, mask = mae.reconstruct(torch.randn(3, 3, 16, 16))
+    assert seen == [(3, 1 + 4, vit.embed_dim)]            # class token + 25% of 16 patches
+    assert pred.shape == (3, 16, 48) and (mask.sum(1) == 12).all()
+    pics = mae.pictures(torch.randn(2, 3, 16, 16))
+    assert set(pics) == {"input", "masked", "reconstruction"}
+    assert all(v.shape == (2, 3, 16, 16) and v.min() >= 0 and v.max() <= 1 for v in pics.values())
