@@ -20,6 +20,8 @@ def test_backbone_contract(name, cifar_stem):
     out = m(x)
     assert out.shape == (2, m.embed_dim)
     assert torch.isfinite(out).all()
+    fmap = m.forward_map(x)  # dense pretext tasks decode from the spatial map
+    assert fmap.shape == (2, m.embed_dim, 32 // m.map_stride, 32 // m.map_stride)
 
 
 def test_width_multiplier_scales_embed_dim():

@@ -96,3 +96,35 @@ def test_mae_encoder_sees_only_visible_patches():
     pics = mae.pictures(torch.randn(2, 3, 16, 16))
     assert set(pics) == {"input", "masked", "reconstruction"}
     assert all(v.shape == (2, 3, 16, 16) and v.min() >= 0 and v.max() <= 1 for v in pics.values())
+
+
+def test_noises_change_what_their_mask_says():
+    from selfsup.augment.noise import gaussian_noise, masking_noise, salt_and_pepper
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 32, 32) * 0.8 + 0.1              # no pixel is already 0 or 1
+    y, m = masking_noise(x, 0.3, g)
+    assert abs(m.mean().item() - 0.3) < 0.03
+    assert torch.equal(y * m, torch.zeros_like(y)) and torch.equal(y * (1 - m), x * (1 - m))
+    y, m = salt_and_pepper(x, 0.2, g)
+    changed = y[(m.expand_as(y)) > 0]
+    assert set(changed.unique().tolist()) <= {0.0, 1.0} and torch.equal(y * (1 - m), x * (1 - m))
+    y, m = gaussian_noise(x, 0.1, g)
+    assert m.mean() == 1 and 0.05 < (y - x).std() < 0.15
+
+
+@pytest.mark.parametrize("name", ["denoising_ae", "vae"])
+def test_generative_pretraining_saves_pictures(name, tmp_path):
+    from PIL import Image
+
+    from selfsup.config import load_config
+    from selfsup.pretrain import pretrain
+
+    cfg = load_config("simclr_digits", [f"method.name={name}", "train.steps=2",
+                                        "train.progress=false", "eval.monitor=false",
+                                        "train.batch_size=16"])
+    run, summary = pretrain(cfg, tmp_path / name)
+    png = Image.open(run / "pictures.png")
+    rows = (run / "pictures.txt").read_text()
+    assert png.size[0] > 8 * 16 and "reconstruction" in rows
+    assert summary["pictures"].endswith("pictures.png")

@@ -195,6 +195,11 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int 
                "train_seconds": time.time() - t0, "n_train": len(train_ds),
                "skipped_files": len(train_ds.skipped)}
     save_encoder(method, cfg, run_dir)
+    from .report.pictures import save_method_pictures
+
+    pics = save_method_pictures(method, train_ds, cfg.augment.size, run_dir, device=device)
+    if pics is not None:
+        summary["pictures"] = str(pics)
     if test_ds is not None and train_ds.has_labels and test_ds.has_labels:
         # never probe on images that are also test images (e.g. pretraining on all of them)
         test_names = set(test_ds.names)

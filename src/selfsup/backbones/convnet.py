@@ -28,6 +28,11 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.embed_dim = cin
+        self.map_stride = 8          # forward_map's downsampling factor
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map [B, embed_dim, H/8, W/8] before pooling."""
+        return self.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.pool(self.features(x)), 1)

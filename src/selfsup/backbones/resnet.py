@@ -92,12 +92,17 @@ class ResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.embed_dim = cin
+        self.map_stride = 8 if cifar_stem else 32
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map [B, embed_dim, H/8, W/8] (CIFAR stem) before pooling."""
+        return self.stages(self.stem(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.pool(self.stages(self.stem(x))), 1)
+        return torch.flatten(self.pool(self.forward_map(x)), 1)
 
 
 @BACKBONES.register("resnet18")

@@ -62,6 +62,7 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.embed_dim = dim
+        self.map_stride = patch_size
         nn.init.normal_(self.cls_token, std=0.02)
         w = self.patch_embed.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
@@ -86,6 +87,11 @@ class ViT(nn.Module):
         for blk in self.blocks:
             t = blk(t)
         return self.norm(t)
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch tokens as a feature map [B, D, H/p, W/p]."""
+        t = self.forward_tokens(x)[:, 1:]
+        return t.transpose(1, 2).reshape(t.shape[0], -1, self.grid, self.grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_tokens(x)[:, 0]

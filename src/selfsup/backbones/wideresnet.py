@@ -60,6 +60,7 @@ class WideResNet(nn.Module):
         self.bn, self.act = _bn(cin), nn.LeakyReLU(0.1, inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.embed_dim = cin
+        self.map_stride = 4
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
@@ -71,9 +72,12 @@ class WideResNet(nn.Module):
         for i, b in enumerate(blocks):
             b.drop_path = rate * (i + 1) / len(blocks)
 
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map [B, embed_dim, H/4, W/4] before pooling."""
+        return self.act(self.bn(self.blocks(self.stem(x))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.bn(self.blocks(self.stem(x))))
-        return torch.flatten(self.pool(x), 1)
+        return torch.flatten(self.pool(self.forward_map(x)), 1)
 
 
 @BACKBONES.register("wrn28_2")

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ..augment import ViewAugment, ViewConfig
-from ..augment.views import IMAGENET_MEAN, IMAGENET_STD
 from ..backbones.vit import Block, ViT, sincos_2d
 from ..losses.reconstruction import masked_patch_mse, patchify, random_masking, unpatchify
+from ..report.pictures import denormalize
 from . import METHODS
 from .base import BatchInfo, Method, StepOutput
 
@@ -102,10 +102,8 @@ class MAE(Method):
         m = mask[..., None]
         masked = unpatchify(target * (1 - m), p)
         recon = unpatchify(target * (1 - m) + pred * m, p)
-        mean_t = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std_t = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        show = lambda t: (t * std_t + mean_t).clamp(0, 1)  # noqa: E731
-        return {"input": show(x), "masked": show(masked), "reconstruction": show(recon)}
+        return {"input": denormalize(x).clamp(0, 1), "masked": denormalize(masked).clamp(0, 1),
+                "reconstruction": denormalize(recon).clamp(0, 1)}
 
     @property
     def encoder(self) -> nn.Module:

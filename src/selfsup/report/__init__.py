@@ -1,0 +1,1 @@
+"""Reports: pictures and plots a person can look at."""
