@@ -128,3 +128,76 @@ def test_generative_pretraining_saves_pictures(name, tmp_path):
     rows = (run / "pictures.txt").read_text()
     assert png.size[0] > 8 * 16 and "reconstruction" in rows
     assert summary["pictures"].endswith("pictures.png")
+
+
+def test_inpainting_masks_and_border_weights():
+    from selfsup.methods.inpainting import loss_weights, region_masks
+
+    m = region_masks(2, 8, "center", 0.5)
+    assert m[0, 0].sum() == 16 and m[0, 0, 2:6, 2:6].all()
+    w = loss_weights(m, overlap=1, overlap_weight=10.0)
+    assert w[0, 0, 3, 3] == 1 and w[0, 0, 1, 1] == 10 and w[0, 0, 1, 4] == 10
+    assert w[0, 0, 0, 0] == 0 and w[0, 0, 7, 7] == 0        # outside the grown region
+    rb = region_masks(3, 16, "random_blocks", 0.5, 2, torch.Generator().manual_seed(0))
+    assert rb.shape == (3, 1, 16, 16) and (rb.sum((1, 2, 3)) >= 16).all()  # >= one 4x4 block
+
+
+def test_inpainting_adversarial_terms_reach_only_their_own_networks():
+    """The discriminator's gradient is exactly that of its own loss: the generator's
+    adversarial term does not leak into it."""
+    import torch.nn.functional as F
+
+    from selfsup import backbones
+    from selfsup.methods import METHODS
+    from selfsup.methods.inpainting import loss_weights
+
+    torch.manual_seed(0)
+    cls = METHODS.get("inpainting")
+    m = cls(backbones.create("convnet", width=0.25), cls.Config(mask="center", adv_weight=0.5))
+    x = torch.randn(4, 3, 32, 32)
+    m.training_step([x], 0.0).loss.backward()
+    got = [p.grad.clone() for p in m.discriminator.parameters()]
+    m.zero_grad()
+    mask, _, pred = m.inpaint(x)
+    grown = (loss_weights(mask, 1, 10.0) > 0).float()
+    fake = (x * (1 - grown) + pred * grown).detach()
+    d_real, d_fake = m.discriminator(x), m.discriminator(fake)
+    d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+              + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+    want = torch.autograd.grad(d_loss, list(m.discriminator.parameters()))
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-6)
+
+
+def test_lab_round_trip_and_ab_bins():
+    import kornia.color
+
+    from selfsup.methods.colorization import ab_bins
+
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.allclose(kornia.color.lab_to_rgb(kornia.color.rgb_to_lab(x)), x, atol=1e-4)
+    c = ab_bins(10)
+    assert 250 <= len(c) <= 313 and (c % 10 == 0).all()
+    assert (c[:, 0].abs() <= 110).all() and (c[:, 1].abs() <= 120).all()
+
+
+def test_soft_encoding_rebalancing_and_annealed_mean():
+    from selfsup.methods.colorization import annealed_mean, rebalance_weights, soft_encode
+
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0], [50.0, 50.0],
+                            [-10.0, 0.0]])
+    t = soft_encode(torch.tensor([[1.0, 1.0]]), centers, k=5, sigma=5.0)
+    assert t.sum().item() == pytest.approx(1.0) and (t > 0).sum() == 5 and t[0, 4] == 0
+    d2 = torch.tensor([2.0, 82.0, 82.0, 162.0, 0, 122.0])
+    w = torch.exp(-d2 / 50)
+    w[4] = 0
+    assert torch.allclose(t[0], w / w.sum(), atol=1e-6)
+    prior = torch.tensor([0.7, 0.2, 0.1])
+    rw = rebalance_weights(prior, 0.5)
+    assert (prior * rw).sum().item() == pytest.approx(1.0)
+    assert rw[2] > rw[1] > rw[0]                       # rare colours weigh more
+    logits = torch.tensor([2.0, 1.0, 0.0, 0.0, 0.0, 0.0]).view(1, 6, 1, 1)
+    mode = annealed_mean(logits, centers, 0.01)[0, :, 0, 0]
+    assert torch.allclose(mode, centers[0], atol=1e-3)
+    p = torch.softmax(logits.flatten(), 0)
+    assert torch.allclose(annealed_mean(logits, centers, 1.0)[0, :, 0, 0], p @ centers, atol=1e-5)

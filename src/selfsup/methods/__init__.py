@@ -5,7 +5,8 @@ from ..registry import Registry
 METHODS: Registry = Registry("method")
 
 from . import (barlow_twins, byol, deepcluster, denoising_ae, dino, mae, mocov2,  # noqa: E402,F401
-               rotnet, simclr, simsiam, supcon, swav, vae, vicreg)
+               colorization, inpainting, rotnet, simclr, simsiam, supcon, swav, vae,
+               vicreg)
 from .base import BatchInfo, Method, StepOutput  # noqa: E402
 
 __all__ = ["METHODS", "BatchInfo", "Method", "StepOutput"]
