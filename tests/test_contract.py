@@ -41,8 +41,10 @@ SMALL_HEADS = {"byol": {"hidden_dim": 64, "out_dim": 32},
                "dino": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local_crops": 2},
                "deepcluster_v2": {"hidden_dim": 32, "out_dim": 16, "n_prototypes": 4,
                                   "n_heads": 2},
-               "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 4}}
+               "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 4},
+               "jigsaw": {"n_permutations": 10, "tile_dim": 16, "hidden_dim": 16}}
 VIT_METHODS = {"mae"}  # methods that need a ViT backbone
+TILE_METHODS = {"jigsaw", "relative_position"}
 
 
 SEMI = [n for n in METHODS.names() if getattr(METHODS.get(n), "semi_supervised", False)]
@@ -68,7 +70,10 @@ def test_method_contract(name):
     method.training_step(method.views(images), 0.0, batch)
     method.after_optimizer_step(0.0)
     views = method.views(images)
-    assert views[0].shape[-2:] == (16, 16)
+    if name in TILE_METHODS:  # [B, 9, C, t, t] grid cells, smaller than the view
+        assert views[0].shape[:3] == (8, 9, 3) and views[0].shape[-1] < 16
+    else:
+        assert views[0].shape[-2:] == (16, 16)
     assert all(not v.requires_grad for v in views)
     before = {k: v.clone() for k, v in method.state_dict().items()}
     out = method.training_step(views, 0.0, batch)
@@ -90,8 +95,9 @@ def test_method_contract(name):
     method.after_optimizer_step(0.5)
     if frozen:
         assert any(not torch.equal(frozen_before[n], p) for n, p in frozen.items())
-    feats = method.encoder(views[0])
-    assert feats.shape == (8, backbone.embed_dim)
+    x = views[0] if views[0].dim() == 4 else torch.randn(8, 3, 16, 16)  # tiles: a full image
+    feats = method.encoder(x)
+    assert feats.shape == (8, getattr(method.encoder, "embed_dim", backbone.embed_dim))
 
 
 @pytest.mark.parametrize("name", METHODS.names())

@@ -201,3 +201,59 @@ def test_soft_encoding_rebalancing_and_annealed_mean():
     assert torch.allclose(mode, centers[0], atol=1e-3)
     p = torch.softmax(logits.flatten(), 0)
     assert torch.allclose(annealed_mean(logits, centers, 1.0)[0, :, 0, 0], p @ centers, atol=1e-5)
+
+
+def test_permutation_set_has_its_stated_minimum_hamming_distance():
+    from selfsup.methods.jigsaw import permutation_set
+
+    perms, dmin = permutation_set(100)
+    assert perms.shape == (100, 9) and len({tuple(p) for p in perms}) == 100
+    assert all(sorted(p) == list(range(9)) for p in perms)
+    d = (perms[:, None] != perms[None]).sum(2)
+    assert d[~torch.eye(100, dtype=torch.bool).numpy()].min() == dmin >= 6
+
+
+def test_jigsaw_labels_are_exactly_recoverable():
+    from selfsup.methods.jigsaw import grid_cells, permutation_set, shuffle_tiles
+
+    x = torch.rand(4, 3, 12, 12)
+    cells = grid_cells(x, 3, 4, jitter=False)               # exact 4x4 cells, raster order
+    assert torch.equal(cells[0, 5], x[0, :, 4:8, 8:12])
+    perms = torch.from_numpy(permutation_set(10)[0])
+    shuffled, labels = shuffle_tiles(cells, perms, torch.Generator().manual_seed(0))
+    for b in range(4):
+        order = perms[labels[b]]
+        for j in range(9):                                   # position j holds tile order[j]
+            assert torch.equal(shuffled[b, j], cells[b, order[j]])
+        unshuffled = torch.empty_like(shuffled[b])
+        unshuffled[order] = shuffled[b]
+        assert torch.equal(unshuffled, cells[b])
+
+
+def test_jigsaw_tiles_jitter_inside_their_cells():
+    from selfsup.methods.jigsaw import grid_cells
+
+    x = torch.arange(32 * 32, dtype=torch.float).view(1, 1, 32, 32).expand(2, 3, 32, 32)
+    tiles = grid_cells(x, 3, 8, torch.Generator().manual_seed(1))
+    for k in range(9):
+        y, xx = divmod(int(tiles[0, k, 0, 0, 0]), 32)       # top-left pixel's coordinates
+        assert (k // 3) * 10 <= y <= (k // 3) * 10 + 2 + 2   # crop offset (<= 2) + jitter (<= 2)
+        assert (k % 3) * 10 <= xx <= (k % 3) * 10 + 2 + 2
+
+
+def test_relative_position_labels_are_recoverable_and_colour_drop():
+    from selfsup.methods.jigsaw import grid_cells
+    from selfsup.methods.relative_position import NEIGHBOURS, centre_and_neighbour, colour_drop
+
+    x = torch.rand(6, 3, 12, 12)
+    cells = grid_cells(x, 3, 4, jitter=False)
+    centre, neigh, labels = centre_and_neighbour(cells, torch.Generator().manual_seed(0))
+    for b in range(6):
+        assert torch.equal(centre[b], x[b, :, 4:8, 4:8])
+        r, c = divmod(NEIGHBOURS[int(labels[b])], 3)
+        assert torch.equal(neigh[b], x[b, :, r * 4:r * 4 + 4, c * 4:c * 4 + 4])
+    p = torch.rand(5, 3, 8, 8)
+    d = colour_drop(p, torch.Generator().manual_seed(0))
+    kept = [(d[i] == p[i]).flatten(1).all(1) for i in range(5)]
+    assert all(k.sum() == 1 for k in kept)                   # exactly one channel survives
+    assert all(d[i][~kept[i]].std() < p[i].std() / 20 for i in range(5))

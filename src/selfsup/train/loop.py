@@ -168,7 +168,8 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         info = BatchInfo(index=idx_t, label=y)
         views = method.views(x, info) if semi else method.views(x)
         if channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+                     for v in views]
         t1 = time.perf_counter()
         # 3. loss
         with autocast:
