@@ -42,7 +42,8 @@ SMALL_HEADS = {"byol": {"hidden_dim": 64, "out_dim": 32},
                "deepcluster_v2": {"hidden_dim": 32, "out_dim": 16, "n_prototypes": 4,
                                   "n_heads": 2},
                "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 4},
-               "jigsaw": {"n_permutations": 10, "tile_dim": 16, "hidden_dim": 16}}
+               "jigsaw": {"n_permutations": 10, "tile_dim": 16, "hidden_dim": 16},
+               "igpt": {"resolution": 8, "n_colors": 8, "dim": 16, "depth": 2, "heads": 2}}
 VIT_METHODS = {"mae"}  # methods that need a ViT backbone
 TILE_METHODS = {"jigsaw", "relative_position"}
 
@@ -65,6 +66,7 @@ def test_method_contract(name):
     method.setup(8)  # the loop calls this with the dataset size
     method.train()
     images = torch.randint(0, 256, (8, 3, 20, 20), dtype=torch.uint8)
+    method.prepare(images)  # ... and this with a sample of the data
     batch = BatchInfo(torch.arange(8), torch.tensor([0, 1, 0, 1, 2, 2, -1, 0]))
     # a first step, so stateful methods (queues, memories, clusters) are in their steady state
     method.training_step(method.views(images), 0.0, batch)
@@ -72,6 +74,8 @@ def test_method_contract(name):
     views = method.views(images)
     if name in TILE_METHODS:  # [B, 9, C, t, t] grid cells, smaller than the view
         assert views[0].shape[:3] == (8, 9, 3) and views[0].shape[-1] < 16
+    elif name == "igpt":      # quantises whatever size it is given down to its resolution
+        assert views[0].shape[-2:] == (20, 20)
     else:
         assert views[0].shape[-2:] == (16, 16)
     assert all(not v.requires_grad for v in views)

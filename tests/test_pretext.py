@@ -257,3 +257,28 @@ def test_relative_position_labels_are_recoverable_and_colour_drop():
     kept = [(d[i] == p[i]).flatten(1).all(1) for i in range(5)]
     assert all(k.sum() == 1 for k in kept)                   # exactly one channel survives
     assert all(d[i][~kept[i]].std() < p[i].std() / 20 for i in range(5))
+
+
+def test_igpt_palette_and_quantisation():
+    from selfsup.methods.igpt import fit_palette, quantize
+
+    colours = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 1.0]])
+    idx = torch.randint(0, 4, (2, 6, 6), generator=torch.Generator().manual_seed(0))
+    img = colours[idx].permute(0, 3, 1, 2)                      # [2, 3, 6, 6]
+    pal = fit_palette(img.permute(0, 2, 3, 1).reshape(-1, 3), 4)
+    assert torch.cdist(pal, colours).min(dim=0).values.max() < 1e-5   # k-means finds the 4
+    ids = quantize(img, pal)
+    assert torch.allclose(pal[ids].view(2, 6, 6, 3).permute(0, 3, 1, 2), img, atol=1e-5)
+
+
+def test_igpt_pretraining_on_digits_fits_a_palette_and_draws(tmp_path):
+    from selfsup.config import load_config
+    from selfsup.pretrain import pretrain
+
+    cfg = load_config("simclr_digits", ["method.name=igpt", "method.resolution=8",
+                                        "method.n_colors=8", "method.dim=16", "method.depth=2",
+                                        "method.heads=2", "train.steps=2", "train.batch_size=16",
+                                        "train.progress=false", "eval.monitor=false"])
+    run, summary = pretrain(cfg, tmp_path / "igpt")
+    assert "predicted" in (run / "pictures.txt").read_text()
+    assert summary["eval"]["knn20_acc"] > 0.1                # features exist and are usable

@@ -5,7 +5,8 @@ from ..registry import Registry
 METHODS: Registry = Registry("method")
 
 from . import (barlow_twins, byol, deepcluster, denoising_ae, dino, mae, mocov2,  # noqa: E402,F401
-               colorization, inpainting, jigsaw, relative_position, rotnet, simclr, simsiam,
+               colorization, igpt, inpainting, jigsaw, relative_position, rotnet, simclr,
+               simsiam,
                supcon, swav, vae,
                vicreg)
 from .base import BatchInfo, Method, StepOutput  # noqa: E402

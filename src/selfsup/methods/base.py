@@ -8,6 +8,7 @@ A method is an ``nn.Module`` with
 - ``training_step(views, progress, batch) -> StepOutput``: computes the loss; never calls
   backward/step; ``batch`` carries the images' dataset indices and labels (-1 = unlabeled) for
   the methods that need them (SupCon, DeepCluster);
+- ``prepare(images)``: fit data-dependent state before training (a no-op by default);
 - ``after_optimizer_step(progress)``: EMA / queue updates (a no-op by default);
 - ``encoder``: the module used by evaluation and export.
 """
@@ -50,6 +51,12 @@ class Method(nn.Module, abc.ABC):
     def setup(self, num_samples: int) -> None:
         """Called by the loop with the dataset size before any checkpoint is loaded (methods
         with a per-image memory allocate it here). A no-op by default."""
+        return None
+
+    def prepare(self, images: torch.Tensor) -> None:
+        """Called by the loop once before training (before a checkpoint is loaded) with a seeded
+        sample of up to 4,096 training images (uint8 [N, 3, H, W]): methods that fit something
+        to the data first (iGPT's colour palette) do it here. A no-op by default."""
         return None
 
     def after_optimizer_step(self, progress: float) -> None:

@@ -104,6 +104,8 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     eval_every = tc.eval_every or steps_per_epoch
 
     method.setup(n)
+    sample = np.sort(np.random.default_rng(tc.seed).choice(n, min(n, 4096), replace=False))
+    method.prepare(dataset.batch(sample))
     method.to(device)
     channels_last = cfg.model.channels_last and device.type in ("cpu", "cuda")
     if channels_last:
