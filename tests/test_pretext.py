@@ -282,3 +282,17 @@ def test_igpt_pretraining_on_digits_fits_a_palette_and_draws(tmp_path):
     run, summary = pretrain(cfg, tmp_path / "igpt")
     assert "predicted" in (run / "pictures.txt").read_text()
     assert summary["eval"]["knn20_acc"] > 0.1                # features exist and are usable
+
+
+@pytest.mark.parametrize("name", ["convnet", "resnet18", "wrn28_2"])
+def test_stage_encoder_last_stage_equals_the_backbone(name):
+    from selfsup import backbones
+    from selfsup.backbones.stages import StageEncoder, stage_modules
+
+    torch.manual_seed(0)
+    b = backbones.create(name, width=0.25).eval()
+    n = len(stage_modules(b))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(StageEncoder(b, n)(x), b(x), atol=1e-5)
+    mid = StageEncoder(b, 2)
+    assert mid(x).shape == (2, mid.embed_dim) and mid.embed_dim < b.embed_dim

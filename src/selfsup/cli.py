@@ -76,8 +76,10 @@ def _cmd_eval(args) -> int:
         return 2
     probe = labeled_train_subset(train, cfg.eval.labels_per_class, cfg.eval.label_fraction,
                                  cfg.train.seed)
-    res = evaluate_encoder(encoder, probe, test, kinds=(args.kind,),
-                           knn_k=(cfg.eval.knn_k, 20), knn_temperature=cfg.eval.knn_temperature,
+    from .pretrain import probe_encoder
+
+    res = evaluate_encoder(probe_encoder(encoder, cfg.eval.stage), probe, test,
+                           kinds=(args.kind,), knn_k=(cfg.eval.knn_k, 20), knn_temperature=cfg.eval.knn_temperature,
                            val_fraction=cfg.eval.val_fraction, seed=cfg.train.seed)
     print(json.dumps(res, indent=1))
     return 0

@@ -86,6 +86,8 @@ class EvalConfig:
     collapse_rank: float = 1.5       # ... or effective rank below this
     collapse_after: float = 0.1      # judged only after this fraction of training (heads
                                      # without BN start concentrated at initialisation)
+    stage: int = 0                   # probe the features after this backbone stage (1-based;
+                                     # 0 = the final features). RotNet's best is stage 2 of 4.
     median_last: int = 5             # semi-supervised: report the median test accuracy of the
                                      # last N evaluations (FixMatch: 20 checkpoints)
 

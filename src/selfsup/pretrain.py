@@ -125,6 +125,15 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
         "host": platform.node()}, indent=1))
 
 
+def probe_encoder(encoder: torch.nn.Module, stage: int) -> torch.nn.Module:
+    """The encoder evaluation reads: the whole backbone, or its first ``stage`` stages."""
+    if not stage:
+        return encoder
+    from .backbones.stages import StageEncoder
+
+    return StageEncoder(encoder, stage)
+
+
 def save_encoder(method, cfg: RunConfig, run_dir: Path) -> Path:
     from safetensors.torch import save_file
 
@@ -210,7 +219,8 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int 
         splits = json.loads((run_dir / "splits.json").read_text())
         splits["probe_names"] = probe_ds.names  # the labeled subset, saved with the run
         (run_dir / "splits.json").write_text(json.dumps(splits))
-        summary["eval"] = evaluate_encoder(method.encoder, probe_ds, test_ds, device=device,
+        summary["eval"] = evaluate_encoder(probe_encoder(method.encoder, cfg.eval.stage),
+                                           probe_ds, test_ds, device=device,
                                            knn_k=(cfg.eval.knn_k, 20),
                                            knn_temperature=cfg.eval.knn_temperature,
                                            val_fraction=cfg.eval.val_fraction,
