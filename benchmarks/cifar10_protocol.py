@@ -25,9 +25,14 @@ import torch
 from selfsup.config import load_config
 from selfsup.evaluate.protocol import evaluate_encoder, evaluate_features, labeled_train_subset, \
     raw_pixel_features
-from selfsup.pretrain import build_backbone, load_data, pretrain
+from selfsup.backbones.stages import StageEncoder
+from selfsup.pretrain import build_backbone, load_data, load_encoder, pretrain
 
 BASE = "simclr_cifar10_cpu"
+# pretext tasks whose best features sit before the last stage (RotNet: block 2 of 4): those runs
+# are also probed at these stages of the convnet (1-based, of 4)
+STAGE_PROBES = {"rotnet": (2, 3), "jigsaw": (3,), "relative_position": (3,),
+                "colorization": (3,), "inpainting": (3,), "denoising_ae": (3,), "vae": (3,)}
 # name -> (preset, overrides): the seed-claim ablations of SimCLR, then one preset per method
 VARIANTS = {
     "simclr": (BASE, []),                                 # crop + colour, MLP head
@@ -38,6 +43,10 @@ VARIANTS = {
     **{m: (f"{m}_cifar10_cpu", []) for m in (
         "mocov2", "byol", "simsiam", "barlow_twins", "vicreg", "swav", "dino", "deepcluster_v2",
         "supcon")},
+    # pretext and generative tasks (issue 4), each its own preset
+    **{m: (f"{m}_cifar10_cpu", []) for m in (
+        "rotnet", "jigsaw", "relative_position", "colorization", "inpainting", "denoising_ae",
+        "vae", "mae", "igpt")},
     # DINO with the official ResNet-50 recipe (facebookresearch/dino README): SGD lr 0.03,
     # wd 1e-4, teacher temperature 0.04 throughout, global crops 0.14-1, local 0.05-0.14
     "dino_sgd": ("dino_cifar10_cpu", ["optim.name=sgd", "optim.lr=0.03", "optim.weight_decay=1e-4",
@@ -88,11 +97,17 @@ def main() -> None:
                       "train_seconds": summary["train_seconds"], "z_std": last.get("z_std"),
                       "z_std_healthy": last.get("z_std_healthy"), "z_rank": last.get("z_rank"),
                       "collapsed": summary["collapsed"]}
-            row = {"variant": name, "seed": seed, "steps": a.steps, **ev,
-                   "seconds": time.time() - t0, "date": time.strftime("%Y-%m-%d %H:%M")}
-            print(json.dumps(row), flush=True)
-            with open(res_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            rows = [{"variant": name, "seed": seed, "steps": a.steps, **ev,
+                     "seconds": time.time() - t0, "date": time.strftime("%Y-%m-%d %H:%M")}]
+            for stage in STAGE_PROBES.get(name, ()):  # the same run, read at an earlier stage
+                encoder, _ = load_encoder(run_dir)
+                sev = evaluate_encoder(StageEncoder(encoder, stage), probe, test_ds, seed=seed)
+                rows.append({"variant": f"{name}_stage{stage}", "seed": seed, "steps": a.steps,
+                             **sev, "date": time.strftime("%Y-%m-%d %H:%M")})
+            for row in rows:
+                print(json.dumps(row), flush=True)
+                with open(res_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -296,3 +296,30 @@ def test_stage_encoder_last_stage_equals_the_backbone(name):
     assert torch.allclose(StageEncoder(b, n)(x), b(x), atol=1e-5)
     mid = StageEncoder(b, 2)
     assert mid(x).shape == (2, mid.embed_dim) and mid.embed_dim < b.embed_dim
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("colorization", []),
+    ("igpt", ["method.resolution=8", "method.n_colors=8", "method.dim=16", "method.depth=2",
+              "method.heads=2"])])
+def test_wrapped_encoders_reload_complete(name, extra, tmp_path):
+    """Encoders that are not a bare backbone (L-channel input, colour palette + transformer) are
+    saved and reloaded whole, and give the same features."""
+    from selfsup.config import load_config
+    from selfsup.pretrain import load_encoder, probe_encoder, pretrain
+    from selfsup.train.checkpoint import load_checkpoint
+
+    cfg = load_config("simclr_digits", [f"method.name={name}", *extra, "train.steps=2",
+                                        "train.batch_size=16", "train.progress=false",
+                                        "eval.monitor=false"])
+    run, _ = pretrain(cfg, tmp_path / name)
+    enc, _ = load_encoder(run)
+    from selfsup.pretrain import build_method
+
+    m = build_method(cfg)
+    m.load_state_dict(load_checkpoint(run / "checkpoints" / "last.pt")["model"])
+    x = torch.randn(4, 3, 16, 16)
+    enc.eval(), m.eval()
+    assert torch.allclose(enc(x), m.encoder(x), atol=1e-5)
+    if name == "colorization":
+        assert probe_encoder(enc, 2)(x).shape == (4, 64)   # L input, stage 2 of the convnet

@@ -131,6 +131,8 @@ def probe_encoder(encoder: torch.nn.Module, stage: int) -> torch.nn.Module:
         return encoder
     from .backbones.stages import StageEncoder
 
+    if hasattr(encoder, "rewrap"):  # a wrapper (e.g. L-channel input) around a backbone
+        return encoder.rewrap(StageEncoder(encoder.backbone, stage))
     return StageEncoder(encoder, stage)
 
 
@@ -142,6 +144,9 @@ def save_encoder(method, cfg: RunConfig, run_dir: Path) -> Path:
             "input_size": str(cfg.augment.size), "patch_size": str(cfg.model.patch_size),
             "mean": json.dumps(IMAGENET_MEAN), "std": json.dumps(IMAGENET_STD),
             "method": cfg.method.get("name", ""), "selfsup_version": __version__}
+    # "backbone": the file is a backbone's weights; "method": the method's own encoder module
+    # (e.g. colorization's L-input wrapper, iGPT's palette + transformer), rebuilt from the config
+    meta["encoder"] = "backbone" if getattr(method, "encoder_is_backbone", True) else "method"
     state = {k: v.detach().cpu().contiguous() for k, v in method.encoder.state_dict().items()}
     path = run_dir / "encoder.safetensors"
     tmp = path.with_name(".encoder.safetensors.tmp")
@@ -159,8 +164,15 @@ def load_encoder(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
         raise RunDirError(f"{run_dir}: not a selfsup run directory (no config.yaml)")
     cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     enc = build_backbone(cfg)
-    if (run_dir / "encoder.safetensors").exists():
-        enc.load_state_dict(load_file(str(run_dir / "encoder.safetensors")))
+    path = run_dir / "encoder.safetensors"
+    if path.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            kind = (f.metadata() or {}).get("encoder", "backbone")
+        if kind == "method":
+            enc = build_method(cfg).encoder
+        enc.load_state_dict(load_file(str(path)))
     elif (run_dir / "checkpoints" / "last.pt").exists():
         from .train.checkpoint import load_checkpoint
 

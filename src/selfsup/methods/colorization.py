@@ -82,6 +82,10 @@ class LightnessInput(nn.Module):
         lum = rgb01_to_lab(denormalize(x))[:, :1]
         return ((lum - 50) / 50).expand(-1, 3, -1, -1).contiguous()
 
+    def rewrap(self, module: nn.Module) -> "LightnessInput":
+        """The same L-channel input in front of another module (e.g. a stage probe)."""
+        return LightnessInput(module)
+
     def forward_map(self, x):
         return self.backbone.forward_map(self.lightness(x))
 
@@ -103,6 +107,7 @@ class ColorizationConfig:
 @METHODS.register("colorization")
 class Colorization(Method):
     Config = ColorizationConfig
+    encoder_is_backbone = False   # downstream use needs the RGB -> L conversion in front
 
     def __init__(self, backbone: nn.Module, cfg: ColorizationConfig | None = None,
                  view_cfg: ViewConfig | None = None):

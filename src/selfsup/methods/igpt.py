@@ -63,18 +63,28 @@ class PixelTransformer(nn.Module):
 
 
 class IGPTEncoder(nn.Module):
-    """Normalised RGB images -> average-pooled activations of the probed layer [B, dim]."""
+    """Normalised RGB images -> colour tokens -> the transformer's activations after
+    ``probe_layer`` blocks, layer-normalised and average-pooled [B, dim]. Owns the palette, so the
+    saved encoder is complete."""
 
-    def __init__(self, method: "IGPT"):
+    def __init__(self, net: PixelTransformer, n_colors: int, resolution: int, probe_layer: int):
         super().__init__()
-        self.net = method.net
-        self._method = [method]  # not a submodule: the palette and settings live in the method
-        self.embed_dim = method.cfg.dim
+        self.net = net
+        # placeholder palette (a grey ramp) until IGPT.prepare fits it to the data
+        self.register_buffer("palette", torch.linspace(0, 1, n_colors)[:, None].repeat(1, 3))
+        self.resolution, self.probe_layer = resolution, probe_layer
+        self.embed_dim = net.pos.shape[-1]
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised RGB [B, 3, H, W] -> colour tokens [B, r*r]."""
+        r = self.resolution
+        x01 = denormalize(x).clamp(0, 1)
+        if x01.shape[-1] != r:
+            x01 = F.interpolate(x01, size=(r, r), mode="area")
+        return quantize(x01, self.palette)
 
     def forward(self, x):
-        m = self._method[0]
-        ids = m.tokens(x)
-        h = self.net(ids, m.probe_layer)
+        h = self.net(self.tokens(x), self.probe_layer)
         return F.layer_norm(h, h.shape[-1:]).mean(dim=1)
 
 
@@ -92,18 +102,18 @@ class IGPTConfig:
 @METHODS.register("igpt")
 class IGPT(Method):
     Config = IGPTConfig
+    encoder_is_backbone = False   # the encoder is the colour-token transformer with its palette
 
     def __init__(self, backbone: nn.Module | None = None, cfg: IGPTConfig | None = None,
                  view_cfg: ViewConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or IGPTConfig()
         n = cfg.resolution ** 2
-        self.net = PixelTransformer(cfg.n_colors, n, cfg.dim, cfg.depth, cfg.heads)
-        # placeholder palette (a grey ramp) until ``prepare`` fits it to the data
-        self.register_buffer("palette", torch.linspace(0, 1, cfg.n_colors)[:, None].repeat(1, 3))
-        self.probe_layer = cfg.probe_layer or max(1, cfg.depth // 2)
+        net = PixelTransformer(cfg.n_colors, n, cfg.dim, cfg.depth, cfg.heads)
+        self.enc = IGPTEncoder(net, cfg.n_colors, cfg.resolution,
+                               cfg.probe_layer or max(1, cfg.depth // 2))
+        self.net = net
         self.flip_p = view_cfg.flip_p if view_cfg is not None else 0.5
-        self._encoder = IGPTEncoder(self)
 
     def prepare(self, images: torch.Tensor) -> None:
         r = self.cfg.resolution
@@ -114,15 +124,14 @@ class IGPT(Method):
         if len(torch.unique(px, dim=0)) < self.cfg.n_colors:
             raise ValueError(f"igpt: the data has fewer distinct colours than method.n_colors="
                              f"{self.cfg.n_colors}; lower it")
-        self.palette.copy_(fit_palette(px, self.cfg.n_colors))
+        self.enc.palette.copy_(fit_palette(px, self.cfg.n_colors))
+
+    @property
+    def palette(self) -> torch.Tensor:
+        return self.enc.palette
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised RGB [B, 3, H, W] -> colour tokens [B, r*r]."""
-        r = self.cfg.resolution
-        x01 = denormalize(x).clamp(0, 1)
-        if x01.shape[-1] != r:
-            x01 = F.interpolate(x01, size=(r, r), mode="area")
-        return quantize(x01, self.palette)
+        return self.enc.tokens(x)
 
     @torch.no_grad()
     def views(self, images):
@@ -168,4 +177,4 @@ class IGPT(Method):
 
     @property
     def encoder(self) -> nn.Module:
-        return self._encoder
+        return self.enc
