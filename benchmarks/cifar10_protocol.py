@@ -27,6 +27,7 @@ from selfsup.evaluate.protocol import evaluate_encoder, evaluate_features, label
     raw_pixel_features
 from selfsup.backbones.stages import StageEncoder
 from selfsup.pretrain import build_backbone, load_data, load_encoder, pretrain
+from selfsup.semisupervised import train_semisup
 
 BASE = "simclr_cifar10_cpu"
 # pretext tasks whose best features sit before the last stage (RotNet: block 2 of 4): those runs
@@ -67,6 +68,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--only", nargs="+", default=None)
+    ap.add_argument("--finetune-steps", type=int, default=300,
+                    help="mae: fine-tune its encoder (and a from-scratch ViT) on 1,000 labels per "
+                    "class for this many steps (0 = skip)")
     ap.add_argument("--out-dir", default="runs/cifar10_protocol")
     ap.add_argument("--results", default="benchmarks/results/cifar10_protocol.jsonl")
     a = ap.parse_args()
@@ -104,6 +108,25 @@ def main() -> None:
                 sev = evaluate_encoder(StageEncoder(encoder, stage), probe, test_ds, seed=seed)
                 rows.append({"variant": f"{name}_stage{stage}", "seed": seed, "steps": a.steps,
                              **sev, "date": time.strftime("%Y-%m-%d %H:%M")})
+            if name == "mae" and a.finetune_steps:  # MAE is judged by fine-tuning (and a
+                # from-scratch ViT with the same labels and steps as its baseline)
+                for tag, init in (("mae_finetune", run_dir), ("vit_scratch_finetune", None)):
+                    over = [f"data.path={a.data}", f"train.seed={seed}",
+                            f"train.steps={a.finetune_steps}", "method.name=supervised", "model.backbone=vit_tiny", "model.width=0.5",
+                            "model.channels_last=false", "data.labels_per_class=1000",
+                            "data.val_per_class=50", "optim.name=adamw", "optim.lr=1e-3",
+                            "optim.weight_decay=0.05", "optim.schedule=cosine", "optim.warmup=0.1",
+                            "train.batch_size=128", "train.progress=false",
+                            f"train.eval_every={max(1, a.finetune_steps // 5)}"]
+                    t1 = time.time()
+                    _, fs = train_semisup(load_config("fixmatch_cifar10_cpu", over),
+                                          Path(a.out_dir) / f"{tag}-seed{seed}-{int(time.time())}",
+                                          init=init)
+                    rows.append({"variant": tag, "seed": seed, "steps": a.finetune_steps,
+                                 "finetune_acc": fs["test_acc_final"],
+                                 "finetune_acc_at_best_val": fs.get("test_acc_at_best_val"),
+                                 "seconds": time.time() - t1,
+                                 "date": time.strftime("%Y-%m-%d %H:%M")})
             for row in rows:
                 print(json.dumps(row), flush=True)
                 with open(res_path, "a") as f:
