@@ -88,7 +88,42 @@ def main() -> None:
               f"{f'{np.mean(ips):.0f}' if ips else '–'} | {z_s} | "
               f"{f'{np.mean(zr):.1f}' if zr else '–'} | {col} |")
 
+    pretext_table(by)
     semisup_tables()
+
+
+PRETEXT = ["random", "simclr", "rotnet", "rotnet_stage2", "rotnet_stage3", "jigsaw",
+           "jigsaw_stage3", "relative_position", "relative_position_stage3", "colorization",
+           "colorization_stage3", "inpainting", "inpainting_stage3", "denoising_ae",
+           "denoising_ae_stage3", "vae", "vae_stage3", "mae", "igpt"]
+
+
+def pretext_table(by) -> None:
+    if not any(v in by for v in PRETEXT[2:]):
+        return
+    print("\n**Pretext and generative tasks at the same budget** (`_stageK`: the same run's "
+          "convnet read after stage K of 4)\n")
+    print("| method | seeds | kNN k=200 % | kNN k=20 % | linear % | train img/s |")
+    print("|---|---|---|---|---|---|")
+    for v in PRETEXT:
+        rs = by.get(v, [])
+        if not rs:
+            continue
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        ips = [r["images_per_s"] for r in rs if "images_per_s" in r and r["seed"] == 0]
+        print(f"| {LABELS.get(v, v)} | {seeds} | {fmt([r['knn200_acc'] for r in rs])} | "
+              f"{fmt([r['knn20_acc'] for r in rs])} | {fmt([r['linear_acc'] for r in rs])} | "
+              f"{f'{np.mean(ips):.0f}' if ips else '–'} |")
+    ft = {v: by.get(v, []) for v in ("mae_finetune", "vit_scratch_finetune")}
+    if any(ft.values()):
+        print("\n| ViT-Tiny/4 (width 0.5) fine-tuned on 1,000 labels per class | seeds | test % "
+              "(final) | test % (at best val) |")
+        print("|---|---|---|---|")
+        for v, rs in ft.items():
+            if rs:
+                print(f"| {v} | {','.join(str(r['seed']) for r in rs)} | "
+                      f"{fmt([r['finetune_acc'] for r in rs])} | "
+                      f"{fmt([r['finetune_acc_at_best_val'] for r in rs])} |")
 
 
 SEMI_LABELS = {
