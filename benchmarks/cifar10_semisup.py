@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--only", nargs="+", default=None, choices=list(VARIANTS))
     ap.add_argument("--steps", type=int, default=None, help="override the preset's 500 steps")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="more overrides for every run (e.g. train.eval_every=50)")
     ap.add_argument("--out-dir", default="runs/cifar10_semisup")
     ap.add_argument("--simclr-dir", default="runs/cifar10_protocol")
     ap.add_argument("--results", default="benchmarks/results/cifar10_semisup.jsonl")
@@ -86,6 +88,7 @@ def main() -> None:
         for lpc in a.labels:
             common = [f"data.path={a.data}", f"train.seed={seed}", f"data.labels_per_class={lpc}",
                       "train.progress=false"] + ([f"train.steps={a.steps}"] if a.steps else [])
+            common += list(a.set)
             base_dir = Path(a.out_dir) / f"l{lpc * 10}-seed{seed}"
             for name in a.only or list(VARIANTS):
                 over = common + VARIANTS[name]
