@@ -30,9 +30,10 @@ from selfsup.semisupervised import mpl_with_finetune, noisy_student, train_semis
 BASE = "fixmatch_cifar10_cpu"
 VARIANTS = {
     "supervised": ["method.name=supervised"],
-    # Lee (2013): alpha_f 3, T1/T2 scaled from 100/600 epochs to this run's ~1.3 unlabeled epochs
+    # Lee (2013): alpha_f 3; T1/T2 (paper: epochs 100/600) put at ~20% / ~80% of the unlabeled
+    # epochs of a 300-step run (300 x 128 / 49,500 = 0.78 epochs)
     "pl_lee2013": ["method.name=pseudo_label", "method.schedule=lee2013", "method.uratio=4",
-                   "method.t1=0.2", "method.t2=1.0"],
+                   "method.t1=0.15", "method.t2=0.6"],
     "pl_oliver2018": ["method.name=pseudo_label", "method.schedule=oliver2018", "method.uratio=4"],
     "fixmatch": [],
     "noisy_student": ["method.name=noisy_student", "method.uratio=4", "method.per_class=1000"],
