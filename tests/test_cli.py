@@ -7,7 +7,8 @@ import pytest
 from selfsup.cli import main
 
 
-@pytest.mark.parametrize("argv", [[], ["pretrain"], ["semisup"], ["eval"], ["list"], ["demo"]])
+@pytest.mark.parametrize("argv", [[], ["pretrain"], ["semisup"], ["eval"], ["list"], ["demo"],
+                                  ["predict"], ["embed"], ["export"]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv + ["--help"])

@@ -49,6 +49,34 @@ def _cmd_semisup(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from .inference import predict
+
+    res = predict(args.model, args.paths, args.out, top_k=args.top_k,
+                  low_confidence=args.low_confidence, batch_size=args.batch_size,
+                  device=args.device, overwrite=args.overwrite)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def _cmd_embed(args) -> int:
+    from .inference import embed
+
+    res = embed(args.run, args.paths, args.out, batch_size=args.batch_size, device=args.device,
+                overwrite=args.overwrite)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .export import export_model
+
+    res = export_model(args.run, args.out, check_images=args.check or None,
+                       overwrite=args.overwrite)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
 def _cmd_eval(args) -> int:
     import torch
 
@@ -163,6 +191,49 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--preset", "-p", default=None, help="preset used when --run is omitted")
     ev.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     ev.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser("predict", help="classify images with a trained model -> CSV",
+                        description="Classify every image in the given files, folders (recursive) "
+                        "and archives with a trained classifier (a `selfsup semisup`/`fit` run "
+                        "directory, an exported folder or a model.safetensors). Writes a CSV: "
+                        "path, class, confidence, top-k, low_confidence (1 below the threshold), "
+                        "error (unreadable files are listed, not fatal).")
+    pr.add_argument("model", help="run directory, export folder or model.safetensors")
+    pr.add_argument("paths", nargs="+", help="image files, folders or .tar/.tar.gz archives")
+    pr.add_argument("--out", "-o", default="predictions.csv", help="CSV to write "
+                    "(default predictions.csv; an existing file is kept unless --overwrite)")
+    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--low-confidence", type=float, default=0.5,
+                    help="flag predictions whose confidence is below this (default 0.5)")
+    pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--overwrite", action="store_true")
+    pr.set_defaults(func=_cmd_predict)
+
+    em = sub.add_parser("embed", help="write the encoder's embeddings of images (.npz)",
+                        description="Run a run's encoder on every image in the given files, "
+                        "folders and archives; write OUT.npz with 'embeddings' [N, D], 'paths' "
+                        "[N] and 'unreadable'.")
+    em.add_argument("run", help="run directory (self- or semi-supervised)")
+    em.add_argument("paths", nargs="+")
+    em.add_argument("--out", "-o", default="embeddings.npz")
+    em.add_argument("--batch-size", type=int, default=256)
+    em.add_argument("--device", default="cpu")
+    em.add_argument("--overwrite", action="store_true")
+    em.set_defaults(func=_cmd_embed)
+
+    ex = sub.add_parser("export", help="export a classifier to safetensors + ONNX",
+                        description="Write OUT/model.safetensors, OUT/model.onnx (input: float32 "
+                        "RGB [B, 3, S, S] in [0, 1]; outputs logits and probabilities; "
+                        "normalisation inside; preprocessing and class names in its metadata), "
+                        "OUT/preprocess.json and OUT/export.json with the ONNX-vs-PyTorch "
+                        "difference on real images (onnxruntime; must be <= 1e-4).")
+    ex.add_argument("run", help="a run directory with model.safetensors (semisup / fit)")
+    ex.add_argument("--out", "-o", default="export", help="output folder (default ./export)")
+    ex.add_argument("--check", nargs="*", default=None, metavar="PATH",
+                    help="images to check parity on (default: the run's training data)")
+    ex.add_argument("--overwrite", action="store_true")
+    ex.set_defaults(func=_cmd_export)
 
     ls = sub.add_parser("list", help="list registered methods, backbones, datasets or presets")
     ls.add_argument("what", choices=["methods", "backbones", "datasets", "presets"])

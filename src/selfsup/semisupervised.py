@@ -92,7 +92,9 @@ def load_classifier(run_dir: str | Path) -> tuple[Classifier, dict]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = Path(run_dir) / "model.safetensors"
+    path = Path(run_dir)
+    if not (path.is_file() and path.suffix == ".safetensors"):
+        path = path / "model.safetensors"
     if not path.exists():
         raise RunDirError(f"{run_dir}: no model.safetensors (is it a finished `selfsup semisup` "
                           f"run?)")
@@ -107,6 +109,15 @@ def load_classifier(run_dir: str | Path) -> tuple[Classifier, dict]:
     state = load_file(str(path))
     model.load_state_dict(state)
     return model.eval(), meta
+
+
+def _run_config(run_dir: str | Path) -> RunConfig:
+    import yaml
+
+    p = Path(run_dir) / "config.yaml"
+    if not p.exists():
+        raise RunDirError(f"{run_dir}: not a selfsup run directory (no config.yaml)")
+    return config_from_dict(yaml.safe_load(p.read_text()))
 
 
 def _init_from(method, init: str | Path, cfg: RunConfig) -> str:

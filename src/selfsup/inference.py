@@ -1,0 +1,161 @@
+"""Using a trained model: classify images (``predict``) or write their embeddings (``embed``).
+
+Inputs are any mix of image files, folders (searched recursively) and archives (.tar/.tar.gz);
+images are decoded exactly as for training (shorter side resized, centre crop, EXIF orientation,
+every PIL mode to RGB), batched, and run in eval mode. Unreadable files are reported in the
+output, not fatal. Nothing is written except the output file asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .augment.views import normalize
+from .data.decode import UnreadableImage, decode_image, is_image_name
+from .data.sources import DataError, open_source
+
+
+def iter_images(paths: list[str | Path]) -> Iterator[tuple[str, bytes | Exception]]:
+    """(display path, bytes or the error) for every image under ``paths``."""
+    for p in paths:
+        p = Path(p).expanduser()
+        if p.is_file() and is_image_name(p.name):
+            try:
+                yield str(p), p.read_bytes()
+            except OSError as e:
+                yield str(p), e
+            continue
+        if not p.exists():
+            raise DataError(f"{p}: no such file or folder")
+        if p.is_file() and not p.name.lower().endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2",
+                                                         ".tar.xz")):
+            raise DataError(f"{p}: not an image (jpg/png/bmp/webp/tiff), a folder or an archive")
+        source = open_source(p)
+        for item, data in source.iter_bytes():
+            yield str(p / item.name) if p.is_dir() else f"{p}:{item.name}", data
+
+
+def batches(paths: list[str | Path], size: int, batch_size: int = 256
+            ) -> Iterator[tuple[list[str], torch.Tensor, list[tuple[str, str]]]]:
+    """(names, uint8 images [B, 3, size, size], unreadable (name, reason)) per batch."""
+    names, arrs, bad = [], [], []
+    for name, data in iter_images(paths):
+        try:
+            if isinstance(data, Exception):
+                raise UnreadableImage(f"{type(data).__name__}: {data}")
+            arrs.append(decode_image(data, size))
+            names.append(name)
+        except UnreadableImage as e:
+            bad.append((name, str(e)))
+        if len(arrs) == batch_size:
+            yield names, torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2), bad
+            names, arrs, bad = [], [], []
+    if arrs or bad:
+        x = (torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) if arrs
+             else torch.zeros(0, 3, size, size, dtype=torch.uint8))
+        yield names, x, bad
+
+
+def _prepare(x: torch.Tensor, input_size: int, mean, std, device) -> torch.Tensor:
+    x = x.to(device).float().div_(255)
+    if x.shape[-1] != input_size:
+        x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", antialias=True,
+                          align_corners=False)
+    return normalize(x, mean, std)
+
+
+def _refuse_overwrite(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise DataError(f"{out} already exists; choose another --out or pass --overwrite")
+
+
+@torch.no_grad()
+def predict(model_dir: str | Path, paths: list[str | Path], out: str | Path,
+            top_k: int = 3, low_confidence: float = 0.5, batch_size: int = 256,
+            device: str = "cpu", overwrite: bool = False, progress: bool = True) -> dict:
+    """Classify every image under ``paths`` with the classifier of ``model_dir`` (a semi-
+    supervised or ``fit`` run, or an exported folder) and write a CSV:
+    path, class, confidence, top-k as "class:p;...", low_confidence (1 when below the threshold),
+    error (for unreadable files). Returns counts and throughput."""
+    from .semisupervised import load_classifier
+
+    out = Path(out)
+    _refuse_overwrite(out, overwrite)
+    model, meta = load_classifier(model_dir)
+    model.to(device).eval()
+    classes = json.loads(meta["classes"])
+    mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
+    size, input_size = int(meta["image_size"]), int(meta.get("input_size", meta["image_size"]))
+    k = min(top_k, len(classes))
+    counts = {"images": 0, "unreadable": 0, "low_confidence": 0}
+    tmp = out.with_name("." + out.name + ".tmp")
+    t0 = time.perf_counter()
+    bar = tqdm(desc="predict", unit="img", disable=not progress, file=sys.stderr)
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "class", "confidence", f"top{k}", "low_confidence", "error"])
+        for names, x, bad in batches(paths, size, batch_size):
+            if len(names):
+                probs = model(_prepare(x, input_size, mean, std, device)).float().softmax(1)
+                pk, ik = probs.topk(k, dim=1)
+                for name, p, i in zip(names, pk.tolist(), ik.tolist()):
+                    low = int(p[0] < low_confidence)
+                    counts["low_confidence"] += low
+                    w.writerow([name, classes[i[0]], f"{p[0]:.4f}",
+                                ";".join(f"{classes[c]}:{q:.4f}" for c, q in zip(i, p)), low, ""])
+            for name, reason in bad:
+                w.writerow([name, "", "", "", "", reason])
+            counts["images"] += len(names)
+            counts["unreadable"] += len(bad)
+            bar.update(len(names) + len(bad))
+            bar.set_postfix(img_s=f"{counts['images'] / max(1e-9, time.perf_counter() - t0):.0f}")
+    bar.close()
+    tmp.replace(out)
+    seconds = time.perf_counter() - t0
+    return {**counts, "out": str(out), "seconds": seconds,
+            "images_per_s": counts["images"] / max(1e-9, seconds)}
+
+
+@torch.no_grad()
+def embed(run_dir: str | Path, paths: list[str | Path], out: str | Path, batch_size: int = 256,
+          device: str = "cpu", overwrite: bool = False, progress: bool = True) -> dict:
+    """Write the encoder's features of every image under ``paths`` to ``out`` (.npz with
+    ``embeddings`` [N, D] float32 and ``paths`` [N]); unreadable files are listed in
+    ``unreadable``."""
+    from .pretrain import load_encoder
+
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise DataError(f"{out}: embeddings are written as .npz; give a path ending in .npz")
+    _refuse_overwrite(out, overwrite)
+    encoder, cfg = load_encoder(run_dir)
+    encoder.to(device).eval()
+    from .augment.views import IMAGENET_MEAN, IMAGENET_STD
+
+    feats, names, bad = [], [], []
+    bar = tqdm(desc="embed", unit="img", disable=not progress, file=sys.stderr)
+    for n, x, b in batches(paths, cfg.data.image_size, batch_size):
+        if len(n):
+            feats.append(encoder(_prepare(x, cfg.augment.size, IMAGENET_MEAN, IMAGENET_STD,
+                                          device)).float().cpu().numpy())
+        names += n
+        bad += b
+        bar.update(len(n) + len(b))
+    bar.close()
+    emb = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
+    tmp = out.with_name("." + out.stem + ".tmp.npz")
+    np.savez(tmp, embeddings=emb, paths=np.array(names), unreadable=np.array(
+        [f"{n}: {r}" for n, r in bad]))
+    tmp.replace(out)
+    return {"images": len(names), "unreadable": len(bad), "dim": int(emb.shape[1]) if feats else 0,
+            "out": str(out)}
