@@ -21,6 +21,8 @@ def _cmd_pretrain(args) -> int:
         overrides.append(f"train.out_dir={args.out}")
     if args.strict:
         overrides.append("data.strict=true")
+    if args.overwrite:
+        overrides.append("train.overwrite=true")
     cfg = load_config(args.preset, overrides)
     run_dir, summary = pretrain(cfg)
     print(json.dumps(summary, indent=1))
@@ -35,6 +37,8 @@ def _cmd_semisup(args) -> int:
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
+    if args.overwrite:
+        overrides.append("train.overwrite=true")
     cfg = load_config(args.preset, overrides)
     name = cfg.method.get("name")
     if name == "noisy_student":
@@ -99,6 +103,8 @@ def _cmd_eval(args) -> int:
         return 2
     train = load_data(cfg, cfg.data.split, cfg.train.progress)
     test = load_data(cfg, cfg.data.test_split, cfg.train.progress)
+    if train.has_labels and test.has_labels:
+        test = test.aligned_to(train.classes)
     if not train.has_labels or not test.has_labels:
         print("selfsup eval needs class sub-folders (labels) in both splits", file=sys.stderr)
         return 2
@@ -153,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="YAML preset: a file or a bundled name (selfsup list presets)")
     pt.add_argument("--out", "-o", default=None, help="run directory (default runs/<method>-<time>)")
     pt.add_argument("--strict", action="store_true", help="fail on unreadable images")
+    pt.add_argument("--overwrite", action="store_true",
+                    help="replace a finished run in --out (never needed to resume)")
     pt.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     pt.set_defaults(func=_cmd_pretrain)
 
@@ -168,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--preset", "-p", default=None,
                     help="YAML preset: a file or a bundled name (selfsup list presets)")
     ss.add_argument("--out", "-o", default=None, help="run directory (default runs/<method>-<time>)")
+    ss.add_argument("--overwrite", action="store_true",
+                    help="replace a finished run in --out (never needed to resume)")
     ss.add_argument("--init", default=None, help="start from a run directory: a self-supervised "
                     "run (its encoder: 'SSL + fine-tune') or a semi-supervised one (its classifier)")
     ss.add_argument("--rounds", type=int, default=2, help="noisy_student: student rounds after "
@@ -262,10 +272,11 @@ def main(argv=None) -> int:
     from .data import DataError
     from .pretrain import RunDirError
     from .registry import UnknownNameError
+    from .train.checkpoint import UnsafeCheckpointError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, RunDirError, UnknownNameError) as e:
+    except (ConfigError, DataError, RunDirError, UnknownNameError, UnsafeCheckpointError) as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -70,6 +70,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int | None = None    # steps between monitor evals; None = once per epoch
     out_dir: str | None = None       # default runs/<method>-<timestamp>
+    overwrite: bool = False          # replace a finished run in out_dir (CLI --overwrite)
     progress: bool = True
 
 

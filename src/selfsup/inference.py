@@ -39,7 +39,7 @@ def iter_images(paths: list[str | Path]) -> Iterator[tuple[str, bytes | Exceptio
             raise DataError(f"{p}: no such file or folder")
         if p.is_file() and not p.name.lower().endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2",
                                                          ".tar.xz")):
-            raise DataError(f"{p}: not an image (jpg/png/bmp/webp/tiff), a folder or an archive")
+            raise DataError(f"{p}: not an image (jpg/png/bmp/webp/tiff/gif), a folder or an archive")
         source = open_source(p)
         for item, data in source.iter_bytes():
             yield str(p / item.name) if p.is_dir() else f"{p}:{item.name}", data

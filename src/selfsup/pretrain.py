@@ -100,29 +100,69 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 
 def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
-    """Create the run directory, or check that an existing one is this same run (resume)."""
+    """Create the run directory, or check that an existing one is this same run (resume).
+    A finished run is replaced only with ``train.overwrite`` (CLI ``--overwrite``); a non-empty
+    folder that is not a selfsup run is never touched."""
+    run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
+    if run_dir.is_file():
+        raise RunDirError(f"{run_dir} is a file, not a run directory; choose another "
+                          f"train.out_dir")
+    if run_dir.is_dir() and not cfg_path.exists() and any(run_dir.iterdir()):
+        raise RunDirError(f"{run_dir} is not empty and is not a selfsup run directory; "
+                          f"choose another train.out_dir (nothing in it was changed)")
+    if cfg_path.exists() and cfg.train.overwrite and (run_dir / "summary.json").exists():
+        import shutil
+
+        print(f"selfsup: --overwrite: replacing the finished run in {run_dir}", file=sys.stderr)
+        shutil.rmtree(run_dir)
     if cfg_path.exists():
         old = yaml.safe_load(cfg_path.read_text())
         new = cfg.to_dict()
         diff = sorted(f"{s}.{k}" for s in set(old) | set(new)
                       for k in set(old.get(s, {})) | set(new.get(s, {}))
                       if old.get(s, {}).get(k) != new.get(s, {}).get(k)
-                      and not (s == "train" and k in ("progress", "out_dir")))
+                      and not (s == "train" and k in ("progress", "out_dir", "overwrite")))
         if diff:
             raise RunDirError(f"{run_dir} holds a run with a different configuration "
                               f"(differs in: {', '.join(diff)}); choose another train.out_dir")
         if (run_dir / "summary.json").exists():
             raise RunDirError(f"{run_dir} already holds a finished run; choose another "
-                              f"train.out_dir")
+                              f"train.out_dir, or pass --overwrite (train.overwrite=true) to "
+                              f"replace it")
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create the run directory {run_dir}: {e.strerror or e}; "
+                          f"choose another train.out_dir") from None
     cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (run_dir / "run.json").write_text(json.dumps({
         "selfsup_version": __version__, "git_sha": git_sha(), "seed": cfg.train.seed,
         "command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": platform.python_version(), "torch": torch.__version__,
         "host": platform.node()}, indent=1))
+
+
+def check_output_space(run_dir: Path, method: torch.nn.Module, margin: int = 64 << 20) -> None:
+    """Before training: the run directory must be writable and have room for two checkpoints
+    (weights + optimizer state + EMA copies, and the temporary file of an atomic save)."""
+    import shutil
+
+    probe = Path(run_dir) / ".selfsup-write-test"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise RunDirError(f"{run_dir} is not writable ({e.strerror or e}); choose another "
+                          f"train.out_dir") from None
+    n_bytes = sum(t.numel() * t.element_size() for t in method.state_dict().values())
+    need = 3 * 2 * n_bytes + margin
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise RunDirError(f"{run_dir}: only {free / 2**20:.0f} MiB free, a run of this model needs "
+                          f"about {need / 2**20:.0f} MiB for its checkpoints; free some space or "
+                          f"choose another train.out_dir")
 
 
 def probe_encoder(encoder: torch.nn.Module, stage: int) -> torch.nn.Module:
@@ -202,11 +242,14 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int 
                                                                   replace=False))
         train_ds = train_ds.subset(idx)
     test_ds = load_data(cfg, cfg.data.test_split, cfg.train.progress) if cfg.data.test_split else None
+    if test_ds is not None and train_ds.has_labels and test_ds.has_labels:
+        test_ds = test_ds.aligned_to(train_ds.classes)
     (run_dir / "splits.json").write_text(json.dumps(
         {"train_names": train_ds.names if len(train_ds) <= 200_000 else "all",
          "test_split": cfg.data.test_split}))
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg)
+    check_output_space(run_dir, method)
     monitor = make_monitor(cfg, train_ds, test_ds, device) if cfg.eval.monitor else None
     t0 = time.time()
     result = train(method, train_ds, cfg, run_dir, monitor=monitor, stop_after=stop_after)

@@ -28,7 +28,7 @@ from .data import ImageDataset
 from .data.splits import class_balanced_subset
 from .data.sources import DataError
 from .evaluate.features import extract_features
-from .pretrain import (RunDirError, build_backbone, build_method, load_data, load_encoder,
+from .pretrain import (RunDirError, build_method, check_output_space, load_data, load_encoder,
                        prepare_run_dir, save_encoder)
 from .semisup import Classifier
 from .train.loop import resolve_device, train
@@ -168,6 +168,11 @@ def train_semisup(cfg: RunConfig, run_dir: str | Path | None = None, init: str |
     train_ds, val_ds, record = split_labeled(full, cfg.data.labels_per_class,
                                              cfg.data.val_per_class, cfg.train.seed)
     test_ds = load_data(cfg, cfg.data.test_split, cfg.train.progress) if cfg.data.test_split else None
+    if test_ds is not None:
+        if not test_ds.has_labels:
+            raise DataError(f"{test_ds.source}: data.test_split has no labels (class sub-folders "
+                            f"or a labels CSV); unset it to evaluate on validation only")
+        test_ds = test_ds.aligned_to(full.classes)
     # the classifier's size comes from the data
     cfg = apply_overrides(cfg, [f"method.num_classes={len(full.classes)}"])
     prepare_run_dir(cfg, run_dir)
@@ -175,6 +180,7 @@ def train_semisup(cfg: RunConfig, run_dir: str | Path | None = None, init: str |
     (run_dir / "splits.json").write_text(json.dumps(record))
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg)
+    check_output_space(run_dir, method)
     if init is not None:
         (run_dir / "init.json").write_text(json.dumps({"init": str(init),
                                                        "loaded": _init_from(method, init, cfg)}))

@@ -42,6 +42,22 @@ class ImageDataset:
         return ImageDataset(self.images[idx], self.labels[idx], self.classes,
                             [self.names[i] for i in idx], self.source, self.skipped)
 
+    def aligned_to(self, classes: list[str]) -> "ImageDataset":
+        """The same images with labels re-indexed to ``classes`` (the training set's), so that
+        class i means the same thing in both. A class unknown to ``classes`` is an error naming
+        it; classes absent here are fine."""
+        if self.classes == list(classes):
+            return self
+        unknown = sorted(set(self.classes) - set(classes))
+        if unknown:
+            raise DataError(f"{self.source}: class(es) {', '.join(unknown)} are not in the training "
+                            f"classes ({', '.join(classes)}); rename or remove them")
+        index = {c: i for i, c in enumerate(classes)}
+        remap = np.array([index[c] for c in self.classes], dtype=np.int64)
+        labels = np.where(self.labels >= 0, remap[np.maximum(self.labels, 0)], -1)
+        return ImageDataset(self.images, labels, list(classes), self.names, self.source,
+                            self.skipped)
+
     def batch(self, idx) -> torch.Tensor:
         """uint8 [B, 3, H, W] (channels_last strides) for the given indices."""
         idx = np.asarray(idx)

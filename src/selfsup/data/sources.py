@@ -89,7 +89,7 @@ class FolderSource(Source):
                 if is_image_name(f) and not f.startswith("."):
                     rel.append(os.path.relpath(os.path.join(dirpath, f), base).replace(os.sep, "/"))
         if not rel:
-            raise DataError(f"{base}: no image files found (looked for .jpg .png .bmp .webp .tiff)")
+            raise DataError(f"{base}: no image files found (looked for .jpg .png .bmp .webp .tiff .gif)")
         self.items = [Item(p, lab) for p, lab in zip(rel, _labels_from_layout(rel))]
 
     def fingerprint(self) -> str:

@@ -42,6 +42,20 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class UnsafeCheckpointError(RuntimeError):
+    pass
+
+
 def load_checkpoint(path: Path) -> dict:
-    # weights_only: a checkpoint can never run code when loaded
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a training checkpoint with ``weights_only=True``: tensors, numbers, strings and
+    containers only. A file holding anything else (a pickle that would import or call code) is
+    refused, never executed."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load: it contains objects other than tensors and plain data "
+            f"(a pickle that could run code). Only load checkpoints you trust, or re-create it. "
+            f"Detail: {str(e).splitlines()[0]}") from None
