@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -145,21 +146,9 @@ def _init_from(method, init: str | Path, cfg: RunConfig) -> str:
     return "encoder"
 
 
-def train_semisup(cfg: RunConfig, run_dir: str | Path | None = None, init: str | Path | None = None,
-                  prepare=None, stop_after: int | None = None) -> tuple[Path, dict]:
-    """Train the semi-supervised method ``cfg.method.name``. ``init``: a run directory to start
-    from; ``prepare(method, train_ds, device)``: called before training (Noisy Student sets its
-    pseudo-labels there)."""
-    name = cfg.method.get("name")
-    from .methods import METHODS
-
-    if not getattr(METHODS.get(name), "semi_supervised", False):
-        raise RunDirError(f"method '{name}' is self-supervised: use `selfsup pretrain`")
-    run_dir = Path(run_dir or cfg.train.out_dir or Path("runs") /
-                   f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    device = resolve_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+def semisup_data(cfg: RunConfig) -> "SemisupData":
+    """Load and split the data as ``cfg`` says: (all images, training set with only the chosen
+    labels visible, validation set, test set, split record)."""
     full = load_data(cfg, cfg.data.split, cfg.train.progress)
     if cfg.data.subset and cfg.data.subset < len(full):
         idx = np.sort(np.random.default_rng(cfg.train.seed).choice(len(full), cfg.data.subset,
@@ -173,6 +162,38 @@ def train_semisup(cfg: RunConfig, run_dir: str | Path | None = None, init: str |
             raise DataError(f"{test_ds.source}: data.test_split has no labels (class sub-folders "
                             f"or a labels CSV); unset it to evaluate on validation only")
         test_ds = test_ds.aligned_to(full.classes)
+    return SemisupData(full, train_ds, val_ds, test_ds, record)
+
+
+@dataclass
+class SemisupData:
+    full: ImageDataset                 # every training image, true labels (reports, classes)
+    train: ImageDataset                # what training sees: labels of the labeled split only
+    val: ImageDataset | None
+    test: ImageDataset | None
+    record: dict                       # what splits.json says
+
+
+def train_semisup(cfg: RunConfig, run_dir: str | Path | None = None, init: str | Path | None = None,
+                  prepare=None, stop_after: int | None = None, data: SemisupData | None = None
+                  ) -> tuple[Path, dict]:
+    """Train the semi-supervised method ``cfg.method.name``. ``init``: a run directory to start
+    from; ``prepare(method, train_ds, device)``: called before training (Noisy Student sets its
+    pseudo-labels there); ``data``: already prepared splits (``selfsup fit``), else loaded as
+    ``cfg.data`` says."""
+    name = cfg.method.get("name")
+    from .methods import METHODS
+
+    if not getattr(METHODS.get(name), "semi_supervised", False):
+        raise RunDirError(f"method '{name}' is self-supervised: use `selfsup pretrain`")
+    run_dir = Path(run_dir or cfg.train.out_dir or Path("runs") /
+                   f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = data or semisup_data(cfg)
+    full, train_ds, val_ds, test_ds, record = (data.full, data.train, data.val, data.test,
+                                               data.record)
     # the classifier's size comes from the data
     cfg = apply_overrides(cfg, [f"method.num_classes={len(full.classes)}"])
     prepare_run_dir(cfg, run_dir)
