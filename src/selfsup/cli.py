@@ -53,6 +53,20 @@ def _cmd_semisup(args) -> int:
     return 0
 
 
+def _cmd_fit(args) -> int:
+    from .fit import fit
+
+    forced = {"image_size": args.image_size, "backbone": args.backbone,
+              "ssl_steps": args.ssl_steps, "steps": args.steps, "ssl_method": args.ssl_method,
+              "semisup_method": args.semisup_method}
+    summary = fit(args.labeled, args.out, unlabeled=args.unlabeled, test=args.test,
+                  budget=args.budget, overrides=args.overrides, forced=forced, seed=args.seed)
+    print(json.dumps(summary, indent=1))
+    print(f"model: {summary['model']}  (selfsup predict {args.out}/classifier PATH..., "
+          f"selfsup export {args.out}/classifier)")
+    return 0
+
+
 def _cmd_predict(args) -> int:
     from .inference import predict
 
@@ -201,6 +215,30 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--preset", "-p", default=None, help="preset used when --run is omitted")
     ev.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     ev.set_defaults(func=_cmd_eval)
+
+    ft = sub.add_parser("fit", help="labeled (+ unlabeled) photos -> a classifier, in one command",
+                        description="Look at the data, choose a recipe (input size, backbone, "
+                        "steps; printed and saved in OUT/choices.json), pretrain SimCLR on every "
+                        "image, train FixMatch from it on the labels (labels-only fine-tuning if "
+                        "there are no unlabeled images), evaluate on a 20%% validation split held "
+                        "out per class (and on --test), and write OUT/ with pretrain/, "
+                        "classifier/model.safetensors and summary.json.")
+    ft.add_argument("labeled", help="folder with one sub-folder per class, a .tar.gz of it, or a "
+                    "CSV of path,label")
+    ft.add_argument("--unlabeled", "-u", default=None, help="folder/archive of unlabeled images")
+    ft.add_argument("--test", default=None, help="labeled images kept for a final test")
+    ft.add_argument("--budget", default=None, help="time budget, e.g. 30m, 2h, 90s (default: a "
+                    "fixed recipe from the data size)")
+    ft.add_argument("--out", "-o", default="runs/fit", help="output folder (default runs/fit)")
+    ft.add_argument("--image-size", type=int, default=None)
+    ft.add_argument("--backbone", default=None)
+    ft.add_argument("--ssl-method", default=None)
+    ft.add_argument("--semisup-method", default=None)
+    ft.add_argument("--ssl-steps", type=int, default=None)
+    ft.add_argument("--steps", type=int, default=None, help="semi-supervised steps")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("overrides", nargs="*", help="key=value overrides applied to both stages")
+    ft.set_defaults(func=_cmd_fit)
 
     pr = sub.add_parser("predict", help="classify images with a trained model -> CSV",
                         description="Classify every image in the given files, folders (recursive) "

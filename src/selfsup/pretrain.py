@@ -225,8 +225,11 @@ def load_encoder(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
     return enc, cfg
 
 
-def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int | None = None
+def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int | None = None,
+             datasets: tuple[ImageDataset, ImageDataset | None] | None = None
              ) -> tuple[Path, dict]:
+    """Pretrain ``cfg.method.name``; ``datasets``: (training images, labeled test images or None)
+    already loaded (``selfsup fit``), else loaded as ``cfg.data`` says."""
     if getattr(METHODS.get(cfg.method.get("name", "simclr")), "semi_supervised", False):
         raise RunDirError(f"method '{cfg.method.get('name')}' trains a classifier from labels: "
                           f"use `selfsup semisup` (selfsup.semisupervised.train_semisup)")
@@ -235,13 +238,17 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int 
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    train_ds = load_data(cfg, cfg.data.split, cfg.train.progress)
+    if datasets is not None:
+        train_ds, test_ds = datasets
+    else:
+        train_ds = load_data(cfg, cfg.data.split, cfg.train.progress)
+        test_ds = (load_data(cfg, cfg.data.test_split, cfg.train.progress)
+                   if cfg.data.test_split else None)
     train_ds.write_report(run_dir / "data_report.json")
     if cfg.data.subset and cfg.data.subset < len(train_ds):
         idx = np.sort(np.random.default_rng(cfg.train.seed).choice(len(train_ds), cfg.data.subset,
                                                                   replace=False))
         train_ds = train_ds.subset(idx)
-    test_ds = load_data(cfg, cfg.data.test_split, cfg.train.progress) if cfg.data.test_split else None
     if test_ds is not None and train_ds.has_labels and test_ds.has_labels:
         test_ds = test_ds.aligned_to(train_ds.classes)
     (run_dir / "splits.json").write_text(json.dumps(

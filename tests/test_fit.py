@@ -1,0 +1,71 @@
+"""selfsup fit on real images (digits written as PNG files), then predict and export its model."""
+
+import csv
+import json
+
+import numpy as np
+from PIL import Image
+
+from selfsup.cli import main
+from selfsup.fit import Choices, choose, parse_budget
+
+
+def test_parse_budget():
+    assert parse_budget("90s") == 90 and parse_budget("30m") == 1800
+    assert parse_budget("1h30m") == 5400 and parse_budget("2") == 120 and parse_budget(None) is None
+    import pytest
+
+    with pytest.raises(ValueError, match="cannot read"):
+        parse_budget("soon")
+
+
+def test_choose_uses_the_budget_and_the_data():
+    c = choose(500, 5000, 30, "cpu", 600, lambda c: (0.5, 0.25))
+    assert isinstance(c, Choices) and c.image_size == 32 and c.backbone == "convnet"
+    assert c.semisup_method == "fixmatch" and c.ssl_steps == int(0.5 * 0.85 * 600 / 0.5)
+    assert c.steps == int(0.5 * 0.85 * 600 / 0.25) and "measured" in c.reasons["steps"]
+    c = choose(500, 0, 400, "cuda", None)
+    assert (c.image_size, c.backbone, c.semisup_method) == (96, "resnet18", "supervised")
+    assert choose(500, 0, 400, "cpu", None).image_size == 64
+
+
+def test_fit_then_predict_and_export(tmp_path, capsys):
+    from selfsup.data import load_dataset
+
+    train = load_dataset("digits", split="train", image_size=16)
+    test = load_dataset("digits", split="test", image_size=16)
+    lab, unl, tst = tmp_path / "labeled", tmp_path / "unlabeled", tmp_path / "test"
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        idx = np.flatnonzero(train.labels == c)
+        for i in idx[:12]:
+            (lab / str(c)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(train.images[i]).save(lab / str(c) / f"{i}.png")
+    unl.mkdir()
+    for i in rng.choice(len(train), 300, replace=False):
+        Image.fromarray(train.images[i]).save(unl / f"u{i}.png")
+    for i in range(100):
+        (tst / str(test.labels[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(test.images[i]).save(tst / str(test.labels[i]) / f"t{i}.png")
+    out = tmp_path / "fit"
+    rc = main(["fit", str(lab), "--unlabeled", str(unl), "--test", str(tst), "-o", str(out),
+               "--ssl-steps", "30", "--steps", "30", "train.progress=false", "augment.flip_p=0"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "image_size = 32" in err and "semisup_method = fixmatch" in err
+    choices = json.loads((out / "choices.json").read_text())
+    assert choices["ssl_steps"] == 30 and "set on the command line" in choices["reasons"]["steps"]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["labeled"] == 120 and s["validation"] == 20 and s["unlabeled"] == 300
+    assert s["test"] == 100 and s["classes"] == [str(i) for i in range(10)]
+    assert 0.1 < s["classifier"]["test_acc_final"] <= 1.0        # learned something real
+    assert s["pretrain_eval"]["knn20_acc"] > 0.1
+    # the model predicts and exports
+    pred = tmp_path / "p.csv"
+    assert main(["predict", str(out / "classifier"), str(tst), "-o", str(pred)]) == 0
+    rows = list(csv.DictReader(pred.open()))
+    acc = np.mean([r["class"] == r["path"].split("/")[-2] for r in rows])
+    assert len(rows) == 100 and abs(acc - s["classifier"]["test_acc_final"]) < 0.02
+    assert main(["export", str(out / "classifier"), "-o", str(tmp_path / "exp"), "--check",
+                 str(tst)]) == 0
+    assert json.loads((tmp_path / "exp" / "export.json").read_text())["ok"]
