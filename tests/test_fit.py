@@ -60,6 +60,22 @@ def test_fit_then_predict_and_export(tmp_path, capsys):
     assert s["test"] == 100 and s["classes"] == [str(i) for i in range(10)]
     assert 0.1 < s["classifier"]["test_acc_final"] <= 1.0        # learned something real
     assert s["pretrain_eval"]["knn20_acc"] > 0.1
+    # the report: one self-contained page with every figure
+    page = (out / "report.html").read_text()
+    for title in ("Training", "Label efficiency", "Embedding map", "Nearest neighbours",
+                  "Classifier on the validation split", "Most confident mistakes",
+                  "Collapse check", "Data report"):
+        assert f"<h2>{title}" in page, title
+    n_img = page.count("<img src=\"data:image/png;base64,")
+    no_mistakes = "no mistakes on the validation split" in page
+    assert n_img == (6 if no_mistakes else 7)
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    facts = json.loads((out / "report.json").read_text())
+    assert abs(facts["val_acc"] - s["classifier"]["val_acc_final"]) < 1e-6
+    eff = {(r["encoder"], r["labels_per_class"]): r["val_acc"] for r in facts["label_efficiency"]}
+    assert ("pretrained", 1) in eff and ("random-init", 1) in eff
+    assert max(k for e, k in eff if e == "random-init") >= 9     # up to every training label
+    assert main(["report", str(out), "-o", str(tmp_path / "again.html")]) == 0
     # the model predicts and exports
     pred = tmp_path / "p.csv"
     assert main(["predict", str(out / "classifier"), str(tst), "-o", str(pred)]) == 0

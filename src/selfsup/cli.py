@@ -67,6 +67,14 @@ def _cmd_fit(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .report.html import build_report
+
+    path = build_report(args.run, args.out)
+    print(f"report: {path}")
+    return 0
+
+
 def _cmd_predict(args) -> int:
     from .inference import predict
 
@@ -239,6 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("overrides", nargs="*", help="key=value overrides applied to both stages")
     ft.set_defaults(func=_cmd_fit)
+
+    rp = sub.add_parser("report", help="a self-contained HTML report of a run",
+                        description="Write RUN/report.html (one file, figures embedded, nothing "
+                        "fetched from the network): training curves, label-efficiency curve "
+                        "(pretrained vs random-init), confusion matrix and per-class accuracy, "
+                        "t-SNE map with thumbnails, nearest-neighbour retrievals, most confident "
+                        "mistakes, collapse metrics, skipped files. `fit` writes it itself.")
+    rp.add_argument("run", help="a fit directory or a pretrain / semisup run directory")
+    rp.add_argument("--out", "-o", default=None, help="HTML file (default RUN/report.html)")
+    rp.set_defaults(func=_cmd_report)
 
     pr = sub.add_parser("predict", help="classify images with a trained model -> CSV",
                         description="Classify every image in the given files, folders (recursive) "

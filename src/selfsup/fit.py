@@ -203,6 +203,11 @@ def fit(labeled: str | Path, out: str | Path, unlabeled: str | Path | None = Non
         setattr(c, k, type(getattr(c, k))(v))
         c.reasons[k] = f"set on the command line: {v}"
     (out / "choices.json").write_text(json.dumps(c.__dict__, indent=1))
+    (out / "fit.json").write_text(json.dumps({"labeled": str(labeled), "unlabeled": str(unlabeled)
+                                              if unlabeled else None,
+                                              "test": str(test) if test else None,
+                                              "budget": budget, "seed": seed,
+                                              "overrides": list(overrides)}, indent=1))
     print("selfsup fit: choices (saved in choices.json):", file=sys.stderr)
     for k, v in c.__dict__.items():
         if k != "reasons":
@@ -247,6 +252,11 @@ def fit(labeled: str | Path, out: str | Path, unlabeled: str | Path | None = Non
                    "test_acc_at_best_val", "test_acc_median_last")},
                "model": str(clf_dir / "model.safetensors"), "budget_seconds": budget_s}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    from .report.html import build_report
+
+    summary["report"] = str(build_report(out, seed=seed))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"selfsup fit: report written to {summary['report']}", file=sys.stderr)
     return summary
 
 
@@ -259,7 +269,8 @@ def _stage_configs(c: Choices, overrides, seed: int) -> tuple[RunConfig, RunConf
                              f"train.checkpoint_every={max(1, c.ssl_steps // 4)}",
                              "optim.name=lars", "optim.lr=1.0", "optim.weight_decay=1e-5",
                              "method.temperature=0.2", "augment.scale_min=0.2",
-                             "eval.knn_k=20", "eval.monitor=false"])
+                             "eval.knn_k=20", "eval.monitor=true", "eval.monitor_size=1000",
+                             f"train.eval_every={max(1, c.ssl_steps // 5)}"])
     semi = load_config("fixmatch_cifar10_cpu",
                        [f"method.name={c.semisup_method}", *common, "data.dataset=folder",
                         f"train.steps={c.steps}", f"train.batch_size={c.batch}",
