@@ -44,6 +44,10 @@ VARIANTS = {
     **{m: (f"{m}_cifar10_cpu", []) for m in (
         "mocov2", "byol", "simsiam", "barlow_twins", "vicreg", "swav", "dino", "deepcluster_v2",
         "supcon")},
+    # seed claims of issue 3: SimSiam collapses without its stop-gradient; SupCon with the labels
+    # of the labeled split (1,000 per class, the probe's) vs cross-entropy on the same labels
+    "simsiam_no_sg": ("simsiam_cifar10_cpu", ["method.stop_gradient=false"]),
+    "supcon_labeled": ("supcon_cifar10_cpu", ["data.labels_per_class=1000"]),
     # pretext and generative tasks (issue 4), each its own preset
     **{m: (f"{m}_cifar10_cpu", []) for m in (
         "rotnet", "jigsaw", "relative_position", "colorization", "inpainting", "denoising_ae",
@@ -74,7 +78,7 @@ def main() -> None:
     ap.add_argument("--out-dir", default="runs/cifar10_protocol")
     ap.add_argument("--results", default="benchmarks/results/cifar10_protocol.jsonl")
     a = ap.parse_args()
-    names = a.only or ["random", "raw", *VARIANTS]
+    names = a.only or ["random", "raw", "ce_labeled", *VARIANTS]
     torch.set_num_threads(2)
     res_path = Path(a.results)
     res_path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +91,19 @@ def main() -> None:
             if name == "random":
                 torch.manual_seed(seed)
                 ev = evaluate_encoder(build_backbone(base), probe, test_ds, seed=seed)
+            elif name == "ce_labeled":  # cross-entropy on the probe's 10,000 labels, same budget
+                over = [f"data.path={a.data}", f"train.seed={seed}", f"train.steps={a.steps}",
+                        "method.name=supervised", "method.uratio=0", "method.ema_decay=0",
+                        "data.labels_per_class=1000", "data.val_per_class=0", "data.test_split=",
+                        "train.batch_size=256", "optim.name=sgd", "optim.lr=0.1",
+                        "optim.nesterov=true", "optim.weight_decay=5e-4", "optim.schedule=cosine",
+                        "optim.warmup=0.05", "optim.scale_lr=false", "train.progress=false",
+                        f"train.eval_every={a.steps}", f"train.checkpoint_every={a.steps}"]
+                run_dir = Path(a.out_dir) / f"{name}-seed{seed}-{int(time.time())}"
+                _, fs = train_semisup(load_config("fixmatch_cifar10_cpu", over), run_dir)
+                encoder, _ = load_encoder(run_dir)
+                ev = {**evaluate_encoder(encoder, probe, test_ds, seed=seed),
+                      "images_per_s": fs["images_per_s"], "train_seconds": fs["train_seconds"]}
             elif name == "raw":
                 ev = evaluate_features(raw_pixel_features(probe), probe.labels,
                                        raw_pixel_features(test_ds), test_ds.labels, 10, seed=seed)

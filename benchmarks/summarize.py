@@ -24,13 +24,20 @@ LABELS = {
     "vicreg": "VICReg", "swav": "SwAV (2+2 crops)", "dino": "DINO (2+2 crops)",
     "deepcluster_v2": "DeepCluster-v2", "supcon": "SupCon (uses all labels)",
     "dino_sgd": "DINO, official ResNet recipe (SGD, teacher temp 0.04)",
+    "simsiam_no_sg": "SimSiam without stop-gradient",
+    "supcon_labeled": "SupCon, labels of the labeled split (1,000/class)",
+    "ce_labeled": "cross-entropy, same 1,000 labels/class",
 }
-METHODS = ["random", "simclr", "mocov2", "byol", "simsiam", "barlow_twins", "vicreg", "swav",
+METHODS = ["random", "simclr", "mocov2", "byol", "simsiam", "simsiam_no_sg", "barlow_twins",
+           "vicreg", "swav",
            "dino", "dino_sgd", "deepcluster_v2", "supcon"]
 TABLES = {
     "Pretraining vs baselines": ["simclr", "random", "raw"],
     "Claim: crop + colour beats either alone": ["simclr", "crop_only", "color_only"],
     "Claim: an MLP projection head beats none / linear": ["simclr", "head_linear", "head_none"],
+    "Claim: SimSiam collapses without its stop-gradient": ["simsiam", "simsiam_no_sg"],
+    "Claim: SupCon >= cross-entropy on the same labels": ["supcon_labeled", "ce_labeled",
+                                                          "supcon"],
 }
 
 

@@ -245,6 +245,17 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int 
         test_ds = (load_data(cfg, cfg.data.test_split, cfg.train.progress)
                    if cfg.data.test_split else None)
     train_ds.write_report(run_dir / "data_report.json")
+    if cfg.data.labels_per_class and train_ds.has_labels:
+        # methods that use labels (SupCon) see only N per class, chosen by seed: the same images
+        # as the evaluation's labeled split with eval.labels_per_class = N
+        from .data.splits import class_balanced_subset
+
+        keep = class_balanced_subset(train_ds.labels, per_class=cfg.data.labels_per_class,
+                                     seed=cfg.train.seed, classes=train_ds.classes)
+        hidden = np.full(len(train_ds), -1, np.int64)
+        hidden[keep] = train_ds.labels[keep]
+        train_ds = ImageDataset(train_ds.images, hidden, train_ds.classes, train_ds.names,
+                                train_ds.source, train_ds.skipped)
     if cfg.data.subset and cfg.data.subset < len(train_ds):
         idx = np.sort(np.random.default_rng(cfg.train.seed).choice(len(train_ds), cfg.data.subset,
                                                                   replace=False))
@@ -272,8 +283,11 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int 
     if pics is not None:
         summary["pictures"] = str(pics)
     if test_ds is not None and train_ds.has_labels and test_ds.has_labels:
-        # never probe on images that are also test images (e.g. pretraining on all of them)
-        test_names = set(test_ds.names)
+        # never probe on images that are also test images (pretraining on the test split
+        # itself). Names are relative to their source, so they are compared only when both
+        # sets come from the same source; different splits never share files.
+        same_source = train_ds.source == test_ds.source
+        test_names = set(test_ds.names) if same_source else set()
         keep = np.array([nm not in test_names for nm in train_ds.names], dtype=bool)
         probe_ds = labeled_train_subset(train_ds.subset(np.flatnonzero(keep)),
                                         cfg.eval.labels_per_class, cfg.eval.label_fraction,
