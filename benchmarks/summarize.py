@@ -80,7 +80,6 @@ def main() -> None:
     for v in METHODS:
         rs = by.get(v, [])
         if not rs:
-            print(f"| {LABELS[v]} | – | not run yet | | | | | | |")
             continue
         seeds = ",".join(str(r["seed"]) for r in rs)
         # throughput from seed 0 only: those runs had the machine to themselves
