@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment.views import normalize
 from .data.sources import DataError
 
 PARITY_TOLERANCE = 1e-4

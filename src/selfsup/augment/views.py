@@ -53,6 +53,25 @@ def normalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Te
     return (x - m) / s
 
 
+def to_unit_float(images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """uint8 or [0, 1] float images [B, 3, H, W] -> float in [0, 1], resized (bilinear,
+    antialiased) to ``size`` x ``size`` when they are another size."""
+    x = images.float().div(255) if images.dtype == torch.uint8 else images
+    if size is not None and x.shape[-2:] != (size, size):
+        x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                      align_corners=False)
+    return x
+
+
+def shifted_view(images: torch.Tensor, size: int, translate: float = 0.0,
+                 flip_p: float = 0.5) -> torch.Tensor:
+    """The light view of pretext and generative tasks: resize, flip, reflect-pad translation by
+    up to ``translate`` of the side (0 = none), normalise."""
+    from .randaugment import weak_augment
+
+    return normalize(weak_augment(to_unit_float(images, size), translate, flip_p))
+
+
 class ViewAugment(nn.Module):
     def __init__(self, cfg: ViewConfig, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()

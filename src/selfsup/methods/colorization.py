@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..augment.randaugment import weak_augment
-from ..augment.views import IMAGENET_MEAN, IMAGENET_STD, ViewConfig, normalize
+from ..augment.views import ViewConfig, shifted_view
 from ..heads.decoder import ConvDecoder
 from ..report.pictures import denormalize
 from . import METHODS
@@ -128,11 +127,7 @@ class Colorization(Method):
 
     @torch.no_grad()
     def views(self, images):
-        x = images.float().div(255) if images.dtype == torch.uint8 else images
-        if x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
-                              align_corners=False)
-        return [normalize(weak_augment(x, 0.125, self.flip_p), IMAGENET_MEAN, IMAGENET_STD)]
+        return [shifted_view(images, self.size, 0.125, self.flip_p)]
 
     def targets(self, x: torch.Tensor) -> torch.Tensor:
         """Soft-encoded ab targets [B, Q, H/s, W/s] of normalised RGB images."""

@@ -14,12 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..augment.noise import NOISES
-from ..augment.randaugment import weak_augment
-from ..augment.views import IMAGENET_MEAN, IMAGENET_STD, ViewConfig, normalize
+from ..augment.views import IMAGENET_MEAN, IMAGENET_STD, ViewConfig, normalize, shifted_view
 from ..heads.decoder import ConvDecoder
 from ..report.pictures import denormalize
 from . import METHODS
@@ -53,11 +51,7 @@ class DenoisingAE(Method):
 
     @torch.no_grad()
     def views(self, images):
-        x = images.float().div(255) if images.dtype == torch.uint8 else images
-        if x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
-                              align_corners=False)
-        return [normalize(weak_augment(x, 0.0, self.flip_p), IMAGENET_MEAN, IMAGENET_STD)]
+        return [shifted_view(images, self.size, 0.0, self.flip_p)]
 
     def corrupt(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return NOISES[self.cfg.noise](x01, self.cfg.level)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..augment.views import ViewConfig
+from ..augment.views import ViewConfig, to_unit_float
 from . import METHODS
 from .base import BatchInfo, Method, StepOutput
 
@@ -142,10 +142,7 @@ class Jigsaw(Method):
 
     @torch.no_grad()
     def views(self, images):
-        x = images.float().div(255) if images.dtype == torch.uint8 else images
-        if x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
-                              align_corners=False)
+        x = to_unit_float(images, self.size)
         gray = (torch.rand(x.shape[0], 1, 1, 1, device=x.device) < self.cfg.gray_p).to(x)
         lum = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
         x = gray * lum + (1 - gray) * x

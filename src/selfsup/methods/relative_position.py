@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..augment.views import ViewConfig
+from ..augment.views import ViewConfig, to_unit_float
 from . import METHODS
 from .base import BatchInfo, Method, StepOutput
 from .jigsaw import grid_cells, upsample_tiles
@@ -84,10 +84,7 @@ class RelativePosition(Method):
 
     @torch.no_grad()
     def views(self, images):
-        x = images.float().div(255) if images.dtype == torch.uint8 else images
-        if x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
-                              align_corners=False)
+        x = to_unit_float(images, self.size)
         return [upsample_tiles(grid_cells(x, self.cfg.grid, self.patch))]  # [B, 9, C, p, p]
 
     def pair(self, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..augment.randaugment import weak_augment
-from ..augment.views import IMAGENET_MEAN, IMAGENET_STD, ViewConfig, normalize
+from ..augment.views import ViewConfig, shifted_view
 from ..heads.mlp import projection_head
 from . import METHODS
 from .base import BatchInfo, Method, StepOutput
@@ -60,12 +59,7 @@ class RotNet(Method):
 
     @torch.no_grad()
     def views(self, images: torch.Tensor) -> list[torch.Tensor]:
-        x = images.float().div(255) if images.dtype == torch.uint8 else images
-        if x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
-                              align_corners=False)
-        x = weak_augment(x, self.cfg.translate, self.flip_p)
-        return [normalize(x, IMAGENET_MEAN, IMAGENET_STD)]
+        return [shifted_view(images, self.size, self.cfg.translate, self.flip_p)]
 
     def training_step(self, views, progress, batch: BatchInfo | None = None) -> StepOutput:
         x4, labels = rotate_batch(views[0])
