@@ -114,3 +114,23 @@ def test_semisup_on_a_folder_with_ssl_init(class_folder, tmp_path, capsys):
     rc = main(["semisup", "-o", str(tmp_path / "bad"), "--init", str(ssl), *common,
                "model.width=0.5", "method.name=supervised", "train.steps=1"])
     assert rc == 2 and "width" in capsys.readouterr().err
+
+
+def test_eval_sweep_on_digits(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", "-p", "simclr_digits", "-o", str(run), "train.steps=20",
+                 "train.progress=false", "eval.monitor=false"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "sweep", "--run", str(run), "--per-class", "1,5", "--fractions", "0.5",
+                 "--seeds", "0,1", "data.split=train", "train.progress=false"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| labels |") and len([x for x in out if x.startswith("| ")]) == 4
+    rows = __import__("json").loads(out[-1])
+    assert {(r["labels"], r["seed"]) for r in rows} == {(a, s) for a in ("1/class", "5/class",
+                                                                         "50%") for s in (0, 1)}
+    assert all(r["n_labels"] == {"1/class": 10, "5/class": 50}.get(r["labels"], r["n_labels"])
+               for r in rows)
+    assert all(0 <= r["linear_acc"] <= 1 for r in rows)
+    half = [r for r in rows if r["labels"] == "50%"]
+    one = [r for r in rows if r["labels"] == "1/class"]
+    assert sum(r["linear_acc"] for r in half) > sum(r["linear_acc"] for r in one)  # more labels help

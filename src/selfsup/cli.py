@@ -130,6 +130,23 @@ def _cmd_eval(args) -> int:
     if not train.has_labels or not test.has_labels:
         print("selfsup eval needs class sub-folders (labels) in both splits", file=sys.stderr)
         return 2
+    if args.kind == "sweep":
+        import numpy as np
+
+        from .evaluate.protocol import label_sweep
+        from .pretrain import probe_encoder
+
+        rows = label_sweep(probe_encoder(encoder, cfg.eval.stage), train, test,
+                           per_class=args.per_class, fractions=args.fractions, seeds=args.seeds,
+                           knn_k=20, knn_temperature=cfg.eval.knn_temperature)
+        print("| labels | seeds | kNN (k<=20) % | linear % |\n|---|---|---|---|")
+        for name in dict.fromkeys(r["labels"] for r in rows):
+            rs = [r for r in rows if r["labels"] == name]
+            f = lambda k: f"{100 * np.mean([r[k] for r in rs]):.1f} ± {100 * np.std([r[k] for r in rs]):.1f}"  # noqa: E731,E501
+            print(f"| {name} ({rs[0]['n_labels']}) | {len(rs)} | {f('knn_acc')} | "
+                  f"{f('linear_acc')} |")
+        print(json.dumps(rows))
+        return 0
     probe = labeled_train_subset(train, cfg.eval.labels_per_class, cfg.eval.label_fraction,
                                  cfg.train.seed)
     from .pretrain import probe_encoder
@@ -163,6 +180,14 @@ def _cmd_demo(args) -> int:
 
     run_demo(args.out, labels_per_class=args.labels_per_class, steps=args.steps)
     return 0
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def _float_list(text: str) -> list[float]:
+    return [float(t) for t in text.split(",") if t.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,12 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     ss.set_defaults(func=_cmd_semisup)
 
-    ev = sub.add_parser("eval", help="kNN or linear-probe evaluation of an encoder",
+    ev = sub.add_parser("eval", help="kNN, linear-probe or label-sweep evaluation of an encoder",
                         description="Evaluate frozen features: 'knn' (cosine, temperature-weighted "
-                        "votes, k=eval.knn_k and 20) or 'linear' (logistic regression, L2 chosen "
-                        "on a validation split). Labeled train images come from data.split, test "
-                        "images from data.test_split. Prints JSON.")
-    ev.add_argument("kind", choices=["knn", "linear"])
+                        "votes, k=eval.knn_k and 20), 'linear' (logistic regression, L2 chosen "
+                        "on a validation split), or 'sweep' (both, with only N labels per class "
+                        "or a fraction of each class known, over several seeds: a Markdown "
+                        "table of mean ± std, then the rows as JSON). Labeled train images come "
+                        "from data.split, test images from data.test_split. Prints JSON.")
+    ev.add_argument("kind", choices=["knn", "linear", "sweep"])
+    ev.add_argument("--per-class", type=_int_list, default=[1, 5, 10], metavar="N,N,...",
+                    help="sweep: labels per class to try (default 1,5,10)")
+    ev.add_argument("--fractions", type=_float_list, default=[0.01, 0.1], metavar="F,F,...",
+                    help="sweep: fractions of each class's labels to try (default 0.01,0.1)")
+    ev.add_argument("--seeds", type=_int_list, default=[0, 1, 2], metavar="S,S,...",
+                    help="sweep: seeds of the labeled subsets (default 0,1,2)")
     ev.add_argument("--run", "-r", default=None, help="run directory of a pretrained encoder "
                     "(omit to evaluate a random-init encoder)")
     ev.add_argument("--preset", "-p", default=None, help="preset used when --run is omitted")

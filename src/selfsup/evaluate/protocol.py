@@ -48,3 +48,31 @@ def evaluate_encoder(encoder, train_ds, test_ds, kinds=("knn", "linear"), knn_k=
 def raw_pixel_features(ds) -> np.ndarray:
     """Flattened pixels in [0, 1]: the no-learning baseline."""
     return ds.images.reshape(len(ds), -1).astype(np.float32) / 255.0
+
+
+def label_sweep(encoder, train_ds, test_ds, per_class=(1, 5, 10), fractions=(0.01, 0.1),
+                seeds=(0, 1), knn_k=20, knn_temperature=0.1, device="cpu") -> list[dict]:
+    """The label-fraction protocol: kNN and linear-probe accuracy on ``test_ds`` when only N
+    labels per class, or a fraction of each class, of ``train_ds`` are known, for each seed
+    (class-balanced subsets chosen by seed). Features are extracted once. Rows:
+    {"labels": "10/class" | "1%", "seed", "n_labels", "knn{k}_acc", "linear_acc"}."""
+    ftr = extract_features(encoder, train_ds, device=device)
+    fte = extract_features(encoder, test_ds, device=device)
+    labeled = np.flatnonzero(train_ds.labels >= 0)
+    counts = np.bincount(train_ds.labels[labeled])
+    settings = [(f"{k}/class", {"per_class": k}) for k in per_class if k <= counts.min()]
+    settings += [(f"{f:g}" if f >= 1 else f"{100 * f:g}%", {"fraction": f}) for f in fractions]
+    rows = []
+    for name, kw in settings:
+        for seed in seeds:
+            sub = labeled[class_balanced_subset(train_ds.labels[labeled], seed=seed, **kw)]
+            k = min(knn_k, len(sub))
+            res = evaluate_features(ftr[sub], train_ds.labels[sub], fte, test_ds.labels,
+                                    len(train_ds.classes), knn_k=(k,),
+                                    knn_temperature=knn_temperature,
+                                    val_fraction=0.2 if len(sub) >= 5 * len(counts) else 0.0,
+                                    seed=seed)
+            rows.append({"labels": name, "seed": seed, "n_labels": int(len(sub)),
+                         f"knn{k}_acc": res[f"knn{k}_acc"], "knn_acc": res[f"knn{k}_acc"],
+                         "linear_acc": res["linear_acc"]})
+    return rows
