@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..nn.distributed import all_reduce_sum, world_size
+
 
 @torch.no_grad()
 def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
@@ -14,10 +16,13 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
     (rows sum to 1), with prototypes used equally: columns sum to B/K after the final row step
     up to the last iteration's residual (exact at convergence)."""
     q = torch.exp(scores.float() / epsilon).t()      # [K, B]
-    q /= q.sum()
-    k, b = q.shape
+    # under torch.distributed the batch is every rank's: the prototype (row) sums and the total
+    # are all-reduced, as the official distributed_sinkhorn does (identity in one process)
+    q /= all_reduce_sum(q.sum())
+    k = q.shape[0]
+    b = q.shape[1] * world_size()
     for _ in range(iterations):
-        q /= q.sum(dim=1, keepdim=True)              # each prototype gets total mass 1/K
+        q /= all_reduce_sum(q.sum(dim=1, keepdim=True))  # each prototype gets total mass 1/K
         q /= k
         q /= q.sum(dim=0, keepdim=True)              # each sample gets total mass 1/B
         q /= b

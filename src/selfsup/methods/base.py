@@ -48,6 +48,12 @@ class Method(nn.Module, abc.ABC):
                       batch: BatchInfo | None = None) -> StepOutput:
         """The loss on these views at this point of training (progress in [0, 1])."""
 
+    def forward(self, views: list[torch.Tensor], progress: float,
+                batch: BatchInfo | None = None) -> StepOutput:
+        """``training_step``: the loop calls the method through ``forward`` so that
+        DistributedDataParallel sees the pass (and averages the gradients across ranks)."""
+        return self.training_step(views, progress, batch)
+
     def setup(self, num_samples: int) -> None:
         """Called by the loop with the dataset size before any checkpoint is loaded (methods
         with a per-image memory allocate it here). A no-op by default."""

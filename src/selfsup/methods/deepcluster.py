@@ -22,6 +22,7 @@ from torch import nn
 
 from ..augment import ViewAugment, ViewConfig
 from ..heads.mlp import projection_head
+from ..nn.distributed import all_reduce_sum, gather, world_size
 from . import METHODS
 from .base import BatchInfo, Method, StepOutput
 
@@ -98,7 +99,9 @@ class DeepClusterV2(Method):
             scores = z @ proto.weight.t() / self.cfg.temperature                # [2N, K]
             losses.append(F.cross_entropy(scores, targets[h].repeat(2), ignore_index=-1,
                                           reduction="sum"))
-        labeled = (targets[0] >= 0).sum() * 2
+        # normalised by the number of assigned crops in the *global* batch (divided by the world
+        # size, since DDP averages the ranks' gradients): exact under torch.distributed
+        labeled = all_reduce_sum((targets[0] >= 0).sum() * 2).float() / world_size()
         loss = torch.stack(losses).sum() / (labeled.clamp(min=1) * len(self.prototypes))
         self._pending = (batch.index, z.detach().view(2, n, -1))
         return StepOutput(loss, {"loss": loss.item(), "clusterings": float(self.clusterings)},
@@ -110,6 +113,9 @@ class DeepClusterV2(Method):
             return
         index, z = self._pending
         self._pending = None
+        # every rank writes every rank's crops, so all hold the same memory (and clusterings)
+        index = gather(index)
+        z = gather(z.transpose(0, 1).contiguous()).transpose(0, 1)       # [2, global N, D]
         self.memory[:, index] = z
         self.refreshed[index] = True
         if bool(self.refreshed.all()):

@@ -1,0 +1,116 @@
+"""Two CPU processes (gloo) on a global batch = one process on the same batch: the loss and every
+gradient agree to 1e-6 for each joint-embedding method, through DistributedDataParallel.
+BatchNorm runs in eval mode so that the comparison is exact (its batch statistics would differ),
+and in float64, so that 1e-6 measures the distributed maths rather than float32 summation order."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from selfsup import backbones
+from selfsup.augment import ViewConfig
+from selfsup.methods import METHODS, BatchInfo
+
+JOINT = ["simclr", "mocov2", "byol", "simsiam", "barlow_twins", "vicreg", "swav", "dino",
+         "deepcluster_v2", "supcon"]
+SMALL = {"byol": {"hidden_dim": 32, "out_dim": 16},
+         "simsiam": {"proj_dim": 32, "pred_hidden_dim": 8},
+         "barlow_twins": {"proj_dim": 32}, "vicreg": {"proj_dim": 32},
+         "mocov2": {"queue_size": 32, "bn_splits": 1},
+         "swav": {"hidden_dim": 32, "out_dim": 16, "n_prototypes": 10, "n_local_crops": 2,
+                  "queue_size": 0},
+         "dino": {"out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "n_local_crops": 2},
+         "deepcluster_v2": {"hidden_dim": 32, "out_dim": 16, "n_prototypes": 4, "n_heads": 2}}
+N = 8  # global batch
+
+
+def build(name):
+    torch.manual_seed(0)
+    cls = METHODS.get(name)
+    m = cls(backbones.create("convnet", width=0.25), cls.Config(**SMALL.get(name, {})),
+            ViewConfig(size=16))
+    m.setup(N)
+    if name == "deepcluster_v2":  # a clustering to learn from, the same on every rank
+        g = torch.Generator().manual_seed(1)
+        m.memory.copy_(torch.nn.functional.normalize(torch.randn(m.memory.shape, generator=g),
+                                                     dim=-1))
+        m.cluster()
+    m.eval()  # BatchNorm on running statistics: exact comparison across process counts
+    return m.double()  # float64, so that the comparison tests the maths, not float32 rounding
+
+
+def inputs(name, m):
+    torch.manual_seed(123)
+    images = torch.randint(0, 256, (N, 3, 16, 16), dtype=torch.uint8)
+    views = [v.double() for v in m.views(images)]
+    batch = BatchInfo(torch.arange(N), torch.tensor([0, 1, 0, 1, 2, 2, -1, 0]))
+    return views, batch
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, out_dir):
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    results = {}
+    for name in JOINT:
+        m = build(name)
+        views, batch = inputs(name, m)
+        n = N // world
+        sl = slice(rank * n, (rank + 1) * n)
+        local = [v[sl] for v in views]
+        info = BatchInfo(batch.index[sl], batch.label[sl])
+        ddp = DDP(m, broadcast_buffers=False)
+        out = ddp(local, 0.5, info)
+        out.loss.backward()
+        loss = out.loss.detach().clone()
+        dist.all_reduce(loss)          # DDP optimises the mean of the ranks' losses
+        grads = {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
+        m.after_optimizer_step(0.5)
+        state = {}
+        if name == "mocov2":
+            state["queue"] = m.queue.items.clone()
+        if name == "dino":
+            state["center"] = m.center.clone()
+        results[name] = {"loss": (loss / world).item(), "grads": grads, "state": state}
+    if rank == 0:
+        torch.save(results, os.path.join(out_dir, "ddp.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return torch.load(out / "ddp.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("name", JOINT)
+def test_two_processes_equal_one(name, ddp_results):
+    m = build(name)
+    views, batch = inputs(name, m)
+    out = m(views, 0.5, batch)
+    out.loss.backward()
+    r = ddp_results[name]
+    assert abs(out.loss.item() - r["loss"]) < 1e-6, (out.loss.item(), r["loss"])
+    grads = {k: p.grad for k, p in m.named_parameters() if p.grad is not None}
+    assert set(grads) == set(r["grads"])
+    for k, g in grads.items():
+        assert torch.allclose(g, r["grads"][k], atol=1e-6, rtol=1e-5), (name, k)
+    m.after_optimizer_step(0.5)
+    if name == "mocov2":  # the queue holds the keys of both ranks, in global batch order
+        assert torch.allclose(m.queue.items, r["state"]["queue"], atol=1e-6)
+    if name == "dino":    # the centre update saw the global batch
+        assert torch.allclose(m.center, r["state"]["center"], atol=1e-6)
