@@ -114,3 +114,61 @@ def test_two_processes_equal_one(name, ddp_results):
         assert torch.allclose(m.queue.items, r["state"]["queue"], atol=1e-6)
     if name == "dino":    # the centre update saw the global batch
         assert torch.allclose(m.center, r["state"]["center"], atol=1e-6)
+
+
+def _torchrun(run_dir, steps=30):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(_free_port()), "-m", "selfsup", "pretrain", "-p",
+           "simclr_digits", "-o", str(run_dir), f"train.steps={steps}",
+           "train.checkpoint_every=2", "train.batch_size=64", "train.log_every=1",
+           "train.progress=false", "eval.monitor=false", "train.threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def test_torchrun_two_processes_killed_and_resumed_equals_uninterrupted(tmp_path):
+    """`torchrun --nproc_per_node 2 -m selfsup pretrain ...`: rank 0 writes the run; killed
+    (SIGKILL to the whole process group) mid-run and started again, it ends with the same
+    weights as an uninterrupted 2-process run."""
+    import json
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    ref = _torchrun(tmp_path / "ref")
+    out, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err.decode()[-3000:]
+    summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    assert summary["steps"] == 30
+    p = _torchrun(tmp_path / "killed")
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    t0 = time.time()
+    while time.time() - t0 < 300:
+        if metrics.exists() and any(json.loads(x).get("step", 0) >= 5
+                                    for x in metrics.read_text().splitlines() if x.strip()):
+            break
+        time.sleep(0.05)
+    # kill -9 the launcher and every worker (torchrun starts its workers in their own sessions)
+    import subprocess
+
+    subprocess.run(["pkill", "-9", "-f", str(tmp_path / "killed")], check=False)
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait()
+    time.sleep(0.5)
+    assert not (tmp_path / "killed" / "summary.json").exists()
+    again = _torchrun(tmp_path / "killed")
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err.decode()[-3000:]
+    assert b"resuming" in err
+    a = load_file(str(tmp_path / "ref" / "encoder.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "encoder.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -225,6 +225,28 @@ def load_encoder(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
     return enc, cfg
 
 
+def main_first(fn, everyone: bool = True):
+    """Run ``fn`` on rank 0 first (creating run directories, building the image cache), then,
+    when ``everyone``, on the other ranks. An error on rank 0 is raised on every rank instead of
+    leaving them waiting. In a single process: just ``fn()``."""
+    from .nn.distributed import all_gather_object, rank
+
+    out, err = None, None
+    if rank() == 0:
+        try:
+            out = fn()
+        except Exception as e:  # re-raised below, after telling the other ranks
+            err = e
+    errors = all_gather_object(f"{type(err).__name__}: {err}" if err else None)
+    if err is not None:
+        raise err
+    if errors[0]:
+        raise RunDirError(f"rank 0 failed: {errors[0]}")
+    if everyone and rank() != 0:
+        out = fn()
+    return out
+
+
 def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int | None = None,
              datasets: tuple[ImageDataset, ImageDataset | None] | None = None
              ) -> tuple[Path, dict]:
@@ -233,18 +255,28 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int 
     if getattr(METHODS.get(cfg.method.get("name", "simclr")), "semi_supervised", False):
         raise RunDirError(f"method '{cfg.method.get('name')}' trains a classifier from labels: "
                           f"use `selfsup semisup` (selfsup.semisupervised.train_semisup)")
-    run_dir = Path(run_dir or cfg.train.out_dir or default_run_dir(cfg))
-    prepare_run_dir(cfg, run_dir)
+    from .nn.distributed import barrier, init_from_env
+
+    rank, world, _ = init_from_env()      # torchrun: one process per device, same command
+    main = rank == 0
+    from .nn.distributed import all_gather_object
+
+    # rank 0's choice (a default name has a timestamp that could differ between ranks)
+    run_dir = Path(all_gather_object(str(run_dir or cfg.train.out_dir or default_run_dir(cfg)))[0])
+    main_first(lambda: prepare_run_dir(cfg, run_dir), everyone=False)
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if datasets is not None:
         train_ds, test_ds = datasets
     else:
-        train_ds = load_data(cfg, cfg.data.split, cfg.train.progress)
-        test_ds = (load_data(cfg, cfg.data.test_split, cfg.train.progress)
+        # rank 0 builds the decode-once cache; the other ranks then read it
+        train_ds = main_first(lambda: load_data(cfg, cfg.data.split, cfg.train.progress and main))
+        test_ds = (main_first(lambda: load_data(cfg, cfg.data.test_split,
+                                                cfg.train.progress and main))
                    if cfg.data.test_split else None)
-    train_ds.write_report(run_dir / "data_report.json")
+    if main:
+        train_ds.write_report(run_dir / "data_report.json")
     if cfg.data.labels_per_class and train_ds.has_labels:
         # methods that use labels (SupCon) see only N per class, chosen by seed: the same images
         # as the evaluation's labeled split with eval.labels_per_class = N
@@ -262,16 +294,19 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int 
         train_ds = train_ds.subset(idx)
     if test_ds is not None and train_ds.has_labels and test_ds.has_labels:
         test_ds = test_ds.aligned_to(train_ds.classes)
-    (run_dir / "splits.json").write_text(json.dumps(
-        {"train_names": train_ds.names if len(train_ds) <= 200_000 else "all",
-         "test_split": cfg.data.test_split}))
-    torch.manual_seed(cfg.train.seed)
+    if main:
+        (run_dir / "splits.json").write_text(json.dumps(
+            {"train_names": train_ds.names if len(train_ds) <= 200_000 else "all",
+             "test_split": cfg.data.test_split}))
+    torch.manual_seed(cfg.train.seed)     # the same initial weights on every rank
     method = build_method(cfg)
-    check_output_space(run_dir, method)
-    monitor = make_monitor(cfg, train_ds, test_ds, device) if cfg.eval.monitor else None
+    main_first(lambda: check_output_space(run_dir, method), everyone=False)
+    monitor = (make_monitor(cfg, train_ds, test_ds, device)
+               if cfg.eval.monitor and main else None)
     t0 = time.time()
     result = train(method, train_ds, cfg, run_dir, monitor=monitor, stop_after=stop_after)
-    if "stopped_at" in result:
+    if "stopped_at" in result or not main:
+        barrier()
         return run_dir, result
     summary = {"method": cfg.method.get("name"), "seed": cfg.train.seed, **result,
                "train_seconds": time.time() - t0, "n_train": len(train_ds),
@@ -302,4 +337,5 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int 
                                            val_fraction=cfg.eval.val_fraction,
                                            seed=cfg.train.seed)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    barrier()
     return run_dir, summary

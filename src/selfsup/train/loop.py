@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ..evaluate.collapse import CollapseDetector, collapse_metrics
 from ..methods.base import BatchInfo
+from ..nn.distributed import all_gather_object, all_reduce_sum, barrier, init_from_env
 from ..nn.schedules import lr_multiplier
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .metrics import MetricsWriter
@@ -78,10 +79,19 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
+    # torchrun: every rank runs this function on its share of each global batch
+    rank, world, local_rank = init_from_env()
+    main_process = rank == 0
     device = resolve_device(tc.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     n, bs, total = len(dataset), tc.batch_size, tc.steps
+    if bs % world:
+        raise ValueError(f"train.batch_size={bs} (the global batch) must be divisible by the "
+                         f"number of processes ({world})")
+    lbs = bs // world  # this rank's share
     # semi-supervised methods zip an infinite labeled stream (bs) and an infinite unlabeled
     # stream (uratio * bs) over the images the dataset marks unlabeled (label -1) or labeled
     semi = getattr(method, "semi_supervised", False)
@@ -89,6 +99,9 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         labeled_pool = np.flatnonzero(dataset.labels >= 0)
         unlabeled_pool = method.unlabeled_pool(dataset.labels)
         ubs = int(round(method.uratio * bs))
+        if ubs % world:
+            raise ValueError(f"the unlabeled batch (method.uratio x train.batch_size = {ubs}) "
+                             f"must be divisible by the number of processes ({world})")
         if len(labeled_pool) == 0:
             raise ValueError("this semi-supervised method needs labeled images; the dataset has "
                              "none (give class sub-folders or a labels CSV)")
@@ -114,6 +127,12 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     lr_peak = oc.lr * bs / 256 if oc.scale_lr else oc.lr
     optimizer = build_optimizer(method, oc.name, lr_peak, oc.weight_decay, oc.momentum, oc.lars_eta,
                                 oc.nesterov)
+    model = method
+    if world > 1:  # gradients averaged across ranks; buffers (queues, memories) kept per rank
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(method, device_ids=[local_rank] if device.type == "cuda" else None,
+                    broadcast_buffers=False)
 
     collapse = CollapseDetector(cfg.eval.collapse_std_ratio, cfg.eval.collapse_rank)
     step = 0
@@ -121,14 +140,16 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         ck = load_checkpoint(ckpt_path)
         method.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
-        set_rng_state(ck["rng"])
+        ranks = ck.get("rng_ranks")
+        set_rng_state(ranks[rank] if ranks and len(ranks) == world else ck["rng"])
         step = ck["step"]
         collapse.event = ck.get("collapse")
-        print(f"selfsup: resuming {run_dir} from step {step}", file=sys.stderr)
-    else:
-        torch.manual_seed(tc.seed)
-        np.random.seed(tc.seed)
-    metrics = MetricsWriter(run_dir, resume_step=step if step else None)
+        if main_process:
+            print(f"selfsup: resuming {run_dir} from step {step}", file=sys.stderr)
+    else:  # each rank draws its own augmentations (rank 0 as a single process would)
+        torch.manual_seed(tc.seed + 100_003 * rank)
+        np.random.seed(tc.seed + 100_003 * rank)
+    metrics = MetricsWriter(run_dir, resume_step=step if step else None) if main_process else None
 
     # small datasets live on the device; large ones are read from the memmap batch by batch
     resident = dataset.images.nbytes <= 2 * 1024 ** 3
@@ -136,14 +157,18 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     labels = torch.from_numpy(dataset.labels).to(device)
 
     def save(at_step: int) -> None:
-        atomic_save({"model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                     "rng": rng_state(), "step": at_step, "config": cfg.to_dict(),
-                     "collapse": collapse.event}, ckpt_path)
+        rngs = all_gather_object(rng_state())  # every rank's, so a resume continues each one
+        if main_process:
+            atomic_save({"model": method.state_dict(), "optimizer": optimizer.state_dict(),
+                         "rng": rngs[0], "rng_ranks": rngs if world > 1 else None,
+                         "step": at_step, "config": cfg.to_dict(), "collapse": collapse.event},
+                        ckpt_path)
+        barrier()
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else nullcontext())
     bar = tqdm(total=total, initial=step, desc=f"train {cfg.method.get('name')}", unit="step",
-               disable=not tc.progress, file=sys.stderr, dynamic_ncols=True)
+               disable=not (tc.progress and main_process), file=sys.stderr, dynamic_ncols=True)
     data_time = compute_time = 0.0
     images_seen, t_window = 0, time.perf_counter()
     last_logs: dict = {}
@@ -155,18 +180,20 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
             g["lr"] = lr
         # 2. data path: batch -> device -> augmented views (timed separately)
         t0 = time.perf_counter()
-        if semi:
+        if semi:  # this rank's slice of the global labeled and unlabeled batches
+            lu = ubs // world
             idx_l = stream_indices(labeled_pool, bs, tc.seed, step, stream=0)
-            idx_u = (stream_indices(unlabeled_pool, ubs, tc.seed, step, stream=1) if ubs
-                     else np.zeros(0, np.int64))
+            idx_l = idx_l[rank * lbs:(rank + 1) * lbs]
+            idx_u = (stream_indices(unlabeled_pool, ubs, tc.seed, step, stream=1)
+                     [rank * lu:(rank + 1) * lu] if ubs else np.zeros(0, np.int64))
             idx = np.concatenate([idx_l, idx_u])
         else:
-            idx = batch_indices(n, bs, tc.seed, step)
+            idx = batch_indices(n, bs, tc.seed, step)[rank * lbs:(rank + 1) * lbs]
         idx_t = torch.from_numpy(idx).to(device)
         x = images[idx_t] if resident else dataset.batch(idx).to(device)
         y = labels[idx_t]
         if semi:  # the unlabeled stream never sees labels, even of images that have one
-            y = torch.cat([y[:bs], torch.full_like(y[bs:], -1)])
+            y = torch.cat([y[:lbs], torch.full_like(y[lbs:], -1)])
         info = BatchInfo(index=idx_t, label=y)
         views = method.views(x, info) if semi else method.views(x)
         if channels_last:
@@ -175,15 +202,19 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         t1 = time.perf_counter()
         # 3. loss
         with autocast:
-            out = method.training_step(views, step / total, info)
+            out = model(views, step / total, info)  # = method.training_step (through DDP)
         loss = out.loss
-        if not torch.isfinite(loss):
+        finite = torch.isfinite(loss.detach()).float()
+        if world > 1:  # every rank stops together
+            finite = all_reduce_sum(finite) / world
+        if finite.item() < 1:
             bar.close()
             msg = (f"non-finite loss ({loss.item()}) at step {step}; logs {out.logs}; last good "
                    f"checkpoint: {ckpt_path if ckpt_path.exists() else 'none'}. Lower optim.lr or "
                    f"set optim.grad_clip.")
-            metrics.log({"kind": "error", "step": step, "error": msg})
-            metrics.close()
+            if metrics is not None:
+                metrics.log({"kind": "error", "step": step, "error": msg})
+                metrics.close()
             raise NonFiniteLossError(msg)
         # 4. update
         loss.backward()
@@ -197,11 +228,11 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         t2 = time.perf_counter()
         data_time += t1 - t0
         compute_time += t2 - t1
-        images_seen += len(idx)
+        images_seen += len(idx) * world
         step += 1
         bar.update(1)
         # 5. log
-        if step % tc.log_every == 0 or step == total:
+        if main_process and (step % tc.log_every == 0 or step == total):
             dt = time.perf_counter() - t_window
             last_logs = {"kind": "train", "step": step, "lr": lr, **out.logs,
                          "images_per_s": images_seen / dt,
@@ -212,7 +243,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
             data_time = compute_time = 0.0
             images_seen, t_window = 0, time.perf_counter()
         # 6. periodic evaluation and checkpoint
-        if step % eval_every == 0 or step == total:
+        if main_process and (step % eval_every == 0 or step == total):
             row = {"kind": "eval", "step": step, "epoch": step / steps_per_epoch}
             if out.embeddings is not None:  # the method's output embeddings on this batch
                 z = collapse_metrics(out.embeddings)
@@ -230,12 +261,16 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
                                for k, v in row.items() if k != "kind"), file=sys.stderr)
         if step % tc.checkpoint_every == 0 or step == total:
             save(step)
+        if world > 1 and (step % eval_every == 0 or step == total):
+            barrier()  # the others wait while rank 0 evaluates
         if stop_after is not None and step >= stop_after and step < total:
             bar.close()
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
             return {"stopped_at": step}
     bar.close()
-    metrics.close()
+    if metrics is not None:
+        metrics.close()
     return {"steps": step, "final_loss": last_logs.get("loss", math.nan),
             "collapsed": collapse.event is not None, "collapse": collapse.event,
             "images_per_s": last_logs.get("images_per_s", math.nan),
