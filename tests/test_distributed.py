@@ -172,3 +172,20 @@ def test_torchrun_two_processes_killed_and_resumed_equals_uninterrupted(tmp_path
     b = load_file(str(tmp_path / "killed" / "encoder.safetensors"))
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_torchrun_semisup_two_processes(tmp_path):
+    """A semi-supervised run under torchrun: rank 0 writes the classifier and the summary."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(_free_port()), "-m", "selfsup", "semisup", "-p",
+           "fixmatch_digits", "-o", str(tmp_path / "fm"), "train.steps=6", "train.eval_every=3",
+           "train.progress=false", "train.threads=1"]
+    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    s = json.loads((tmp_path / "fm" / "summary.json").read_text())
+    assert s["steps"] == 6 and s["evaluations"] == 2 and (tmp_path / "fm" / "model.safetensors").exists()

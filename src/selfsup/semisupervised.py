@@ -186,25 +186,32 @@ def train_semisup(cfg: RunConfig, run_dir: str | Path | None = None, init: str |
 
     if not getattr(METHODS.get(name), "semi_supervised", False):
         raise RunDirError(f"method '{name}' is self-supervised: use `selfsup pretrain`")
-    run_dir = Path(run_dir or cfg.train.out_dir or Path("runs") /
-                   f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from .nn.distributed import all_gather_object, barrier, init_from_env
+    from .pretrain import main_first
+
+    rank, world, _ = init_from_env()      # torchrun: one process per device, same command
+    main = rank == 0
+    run_dir = Path(all_gather_object(str(run_dir or cfg.train.out_dir or Path("runs") /
+                                         f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"))[0])
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    data = data or semisup_data(cfg)
+    data = data or main_first(lambda: semisup_data(cfg))
     full, train_ds, val_ds, test_ds, record = (data.full, data.train, data.val, data.test,
                                                data.record)
     # the classifier's size comes from the data
     cfg = apply_overrides(cfg, [f"method.num_classes={len(full.classes)}"])
-    prepare_run_dir(cfg, run_dir)
-    full.write_report(run_dir / "data_report.json")
-    (run_dir / "splits.json").write_text(json.dumps(record))
-    torch.manual_seed(cfg.train.seed)
+    main_first(lambda: prepare_run_dir(cfg, run_dir), everyone=False)
+    if main:
+        full.write_report(run_dir / "data_report.json")
+        (run_dir / "splits.json").write_text(json.dumps(record))
+    torch.manual_seed(cfg.train.seed)     # the same initial weights on every rank
     method = build_method(cfg)
-    check_output_space(run_dir, method)
+    main_first(lambda: check_output_space(run_dir, method), everyone=False)
     if init is not None:
-        (run_dir / "init.json").write_text(json.dumps({"init": str(init),
-                                                       "loaded": _init_from(method, init, cfg)}))
+        loaded = _init_from(method, init, cfg)
+        if main:
+            (run_dir / "init.json").write_text(json.dumps({"init": str(init), "loaded": loaded}))
     if hasattr(method.cfg, "epochs_total"):  # Lee (2013)'s alpha(t) counts unlabeled epochs
         n_u = len(method.unlabeled_pool(train_ds.labels))
         ubs = method.uratio * cfg.train.batch_size
@@ -224,8 +231,15 @@ def train_semisup(cfg: RunConfig, run_dir: str | Path | None = None, init: str |
         return row
 
     hist_path = run_dir / "eval_history.json"
-    if hist_path.exists():  # resumed: keep the evaluations made before the interruption
-        history.extend(json.loads(hist_path.read_text()))
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if hist_path.exists() and ckpt.exists():
+        # resumed: keep the evaluations up to the checkpoint (those after it are redone);
+        # evaluations happen at every eval_every steps and at the end
+        from .train.checkpoint import load_checkpoint
+
+        at = load_checkpoint(ckpt)["step"]
+        done = json.loads(hist_path.read_text())
+        history.extend(done[:at // cfg.train.eval_every] if cfg.train.eval_every else done)
 
     def monitor_and_save(enc):
         row = monitor(enc)
@@ -233,8 +247,10 @@ def train_semisup(cfg: RunConfig, run_dir: str | Path | None = None, init: str |
         return row
 
     t0 = time.time()
-    result = train(method, train_ds, cfg, run_dir, monitor=monitor_and_save, stop_after=stop_after)
-    if "stopped_at" in result:
+    result = train(method, train_ds, cfg, run_dir, monitor=monitor_and_save if main else None,
+                   stop_after=stop_after)
+    if "stopped_at" in result or not main:
+        barrier()
         return run_dir, result
     summary = {"method": name, "seed": cfg.train.seed, **result,
                "train_seconds": time.time() - t0, "n_train": len(train_ds),
@@ -245,6 +261,7 @@ def train_semisup(cfg: RunConfig, run_dir: str | Path | None = None, init: str |
     save_classifier(method.eval_model, cfg, full.classes, run_dir)
     save_encoder(method, cfg, run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    barrier()
     return run_dir, summary
 
 
