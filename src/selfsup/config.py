@@ -42,6 +42,9 @@ class ModelConfig:
     cifar_stem: bool = True
     channels_last: bool = True
     patch_size: int = 4              # ViTs only: pixels per patch side (image size: augment.size)
+    sync_bn: str = "auto"            # torchrun on GPUs: BatchNorm statistics over the global
+                                     # batch. auto = where the method's paper does (SimCLR, BYOL,
+                                     # SimSiam, Barlow Twins, VICReg, SwAV, SupCon); on | off
 
 
 @dataclass

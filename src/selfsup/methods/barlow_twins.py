@@ -34,6 +34,7 @@ class BarlowTwinsConfig:
 @METHODS.register("barlow_twins")
 class BarlowTwins(Method):
     Config = BarlowTwinsConfig
+    sync_bn = True   # the paper syncs BatchNorm across devices
 
     def __init__(self, backbone: nn.Module, cfg: BarlowTwinsConfig | None = None,
                  view_cfg: ViewConfig | None = None):

@@ -36,6 +36,7 @@ class BYOLConfig:
 @METHODS.register("byol")
 class BYOL(Method):
     Config = BYOLConfig
+    sync_bn = True   # the paper syncs BatchNorm across devices
 
     def __init__(self, backbone: nn.Module, cfg: BYOLConfig | None = None,
                  view_cfg: ViewConfig | None = None):

@@ -36,6 +36,7 @@ class SimCLRConfig:
 @METHODS.register("simclr")
 class SimCLR(Method):
     Config = SimCLRConfig
+    sync_bn = True   # the paper syncs BatchNorm across devices
 
     def __init__(self, backbone: nn.Module, cfg: SimCLRConfig | None = None,
                  view_cfg: ViewConfig | None = None):

@@ -35,6 +35,7 @@ class SimSiamConfig:
 @METHODS.register("simsiam")
 class SimSiam(Method):
     Config = SimSiamConfig
+    sync_bn = True   # the paper syncs BatchNorm across devices
 
     def __init__(self, backbone: nn.Module, cfg: SimSiamConfig | None = None,
                  view_cfg: ViewConfig | None = None):

@@ -34,6 +34,7 @@ class SupConConfig:
 @METHODS.register("supcon")
 class SupCon(Method):
     Config = SupConConfig
+    sync_bn = True   # the paper syncs BatchNorm across devices
 
     def __init__(self, backbone: nn.Module, cfg: SupConConfig | None = None,
                  view_cfg: ViewConfig | None = None):

@@ -51,6 +51,7 @@ class SwAVConfig:
 @METHODS.register("swav")
 class SwAV(Method):
     Config = SwAVConfig
+    sync_bn = True   # the paper syncs BatchNorm across devices
 
     def __init__(self, backbone: nn.Module, cfg: SwAVConfig | None = None,
                  view_cfg: ViewConfig | None = None):

@@ -35,6 +35,7 @@ class VICRegConfig:
 @METHODS.register("vicreg")
 class VICReg(Method):
     Config = VICRegConfig
+    sync_bn = True   # the paper syncs BatchNorm across devices
 
     def __init__(self, backbone: nn.Module, cfg: VICRegConfig | None = None,
                  view_cfg: ViewConfig | None = None):

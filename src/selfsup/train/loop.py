@@ -128,6 +128,16 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     optimizer = build_optimizer(method, oc.name, lr_peak, oc.weight_decay, oc.momentum, oc.lars_eta,
                                 oc.nesterov)
     model = method
+    sync = cfg.model.sync_bn
+    if sync not in ("auto", "on", "off"):
+        raise ValueError(f"model.sync_bn must be auto, on or off; got {sync!r}")
+    if world > 1 and (sync == "on" or (sync == "auto" and getattr(method, "sync_bn", False))):
+        if device.type == "cuda":
+            method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+            model = method
+        elif main_process:  # torch's SyncBatchNorm runs on GPUs only
+            print("selfsup: model.sync_bn: BatchNorm is per process on CPU (torch's "
+                  "SyncBatchNorm needs GPUs)", file=sys.stderr)
     if world > 1:  # gradients averaged across ranks; buffers (queues, memories) kept per rank
         from torch.nn.parallel import DistributedDataParallel as DDP
 
