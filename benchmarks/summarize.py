@@ -64,7 +64,7 @@ def main() -> None:
                 print(f"| {LABELS[v]} | – | not run | | | | | |")
                 continue
             seeds = ",".join(str(r["seed"]) for r in rs)
-            ips = [r["images_per_s"] for r in rs if "images_per_s" in r]
+            ips = [r["images_per_s"] for r in rs if "images_per_s" in r and r["seed"] == 0]
             std = np.mean([r["embed_std"] for r in rs])
             healthy = rs[0]["embed_std_healthy"]
             ips_s = f"{np.mean(ips):.0f}" if ips else "–"

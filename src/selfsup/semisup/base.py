@@ -71,6 +71,11 @@ class SemiSupervisedMethod(Method):
             ema_update(self.ema, self.model, self.ema_decay())
             self.ema_updates += 1
 
+    def weak_and_strong(self, images, batch) -> list[torch.Tensor]:
+        """[weak view of every image, strong view of the unlabeled ones] (FixMatch, MPL)."""
+        n_l = int((batch.label >= 0).sum())
+        return [self.augment.weak(images), self.augment.strong(images[n_l:])]
+
     def split(self, batch) -> tuple[int, torch.Tensor]:
         """(number of labeled images at the front of the batch, their labels)."""
         n_l = int((batch.label >= 0).sum())

@@ -67,8 +67,7 @@ class MetaPseudoLabels(SemiSupervisedMethod):
         self.init_ema()
 
     def views(self, images, batch):
-        n_l = int((batch.label >= 0).sum())
-        return [self.augment.weak(images), self.augment.strong(images[n_l:])]
+        return self.weak_and_strong(images, batch)
 
     def training_step(self, views, progress, batch=None) -> StepOutput:
         c = self.cfg
