@@ -106,3 +106,31 @@ def test_embed_writes_features(trained, tmp_path, capsys):
     assert z["embeddings"].shape[0] == 40 == len(z["paths"]) and len(z["unreadable"]) == 1
     assert np.isfinite(z["embeddings"]).all() and z["embeddings"].std() > 0
     assert main(["embed", str(run), str(photos), "-o", str(tmp_path / "x.csv")]) == 2
+
+
+@pytest.mark.skipif(__import__("shutil").which("chromium") is None,
+                    reason="headless Chromium not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(trained, tmp_path):
+    """The report of a classifier run, opened in Chromium with the network refused: every figure
+    is in the rendered page as an embedded image."""
+    import subprocess
+
+    from selfsup.report.html import build_report
+
+    run, _, _, _ = trained
+    page = build_report(run, tmp_path / "report.html")
+    r = subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
+                        "--host-resolver-rules=MAP * ~NOTFOUND", "--dump-dom",
+                        f"file://{page}"], capture_output=True, text=True, timeout=120)
+    dom = r.stdout
+    assert "<h2>Classifier on the validation split</h2>" in dom
+    imgs = dom.count("<img ")
+    assert imgs >= 5 and imgs == dom.count('src="data:image/png;base64,')
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
+                    "--host-resolver-rules=MAP * ~NOTFOUND", "--window-size=1200,2000",
+                    f"--screenshot={shot}", f"file://{page}"], capture_output=True, timeout=120)
+    from PIL import Image
+
+    im = Image.open(shot)
+    assert im.size == (1200, 2000) and len(set(im.convert("L").getdata())) > 50  # not blank
