@@ -116,7 +116,7 @@ def test_two_processes_equal_one(name, ddp_results):
         assert torch.allclose(m.center, r["state"]["center"], atol=1e-6)
 
 
-def _torchrun(run_dir, steps=30):
+def _torchrun(run_dir, steps=60):
     import subprocess
     import sys
 
@@ -144,7 +144,7 @@ def test_torchrun_two_processes_killed_and_resumed_equals_uninterrupted(tmp_path
     out, err = ref.communicate(timeout=300)
     assert ref.returncode == 0, err.decode()[-3000:]
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
-    assert summary["steps"] == 30
+    assert summary["steps"] == 60
     p = _torchrun(tmp_path / "killed")
     metrics = tmp_path / "killed" / "metrics.jsonl"
     t0 = time.time()
