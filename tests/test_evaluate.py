@@ -62,3 +62,25 @@ def test_collapse_detector_warns_once():
     assert "collapsed at step 20" in msg and det.event["step"] == 20
     assert det.check(30, {"z_std": 0.0, "z_std_healthy": 0.0625, "z_rank": 1.0}) is None
     assert CollapseDetector().check(5, {"z_std": 0.05, "z_std_healthy": 0.0625, "z_rank": 1.2})
+
+
+def test_collapse_detector_flags_dimensional_collapse():
+    """Embeddings in a few directions of a 512-d space (SimSiam without stop-gradient on the CPU
+    protocol: rank ~3-4, std half the healthy value) are flagged; a rank of 7 in 128-d (SupCon's
+    class clusters) is not."""
+    import math
+
+    import torch
+
+    from selfsup.evaluate.collapse import CollapseDetector, collapse_metrics
+
+    g = torch.Generator().manual_seed(0)
+    few = torch.randn(256, 3, generator=g) @ torch.randn(3, 512, generator=g)
+    m = collapse_metrics(few)
+    assert m["effective_rank"] < 5 and m["embed_std"] > 0.1 * m["embed_std_healthy"]
+    det = CollapseDetector()
+    warning = det.check(195, {"z_std": m["embed_std"], "z_std_healthy": m["embed_std_healthy"],
+                              "z_rank": m["effective_rank"]})
+    assert warning and det.event["reason"] == "effective rank" and det.event["step"] == 195
+    assert CollapseDetector().check(1, {"z_std": 0.03, "z_std_healthy": 1 / math.sqrt(128),
+                                        "z_rank": 7.0}) is None

@@ -88,6 +88,7 @@ class EvalConfig:
     val_fraction: float = 0.2        # linear probe: L2 chosen on this part of the labeled set
     collapse_std_ratio: float = 0.1  # collapsed: embedding std < ratio / sqrt(d) ...
     collapse_rank: float = 1.5       # ... or effective rank below this
+    collapse_rank_fraction: float = 0.01  # ... or below this fraction of the embedding dimension
     collapse_after: float = 0.1      # judged only after this fraction of training (heads
                                      # without BN start concentrated at initialisation)
     stage: int = 0                   # probe the features after this backbone stage (1-based;

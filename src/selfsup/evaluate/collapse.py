@@ -32,11 +32,14 @@ def collapse_metrics(z) -> dict:
 
 class CollapseDetector:
     """Flags collapse of a method's output embeddings once: std of the l2-normalised embeddings
-    below ``std_ratio`` times its healthy value 1/sqrt(d), or effective rank below ``min_rank``.
+    below ``std_ratio`` times its healthy value 1/sqrt(d) (complete collapse), or effective rank
+    below max(``min_rank``, ``rank_fraction`` x d) (dimensional collapse: the embeddings span a
+    few directions of a d-dimensional space, as SimSiam's without its stop-gradient do: rank 2-4
+    of 512 on the CPU protocol while their std stays at half the healthy value).
     State changes only through ``check``."""
 
-    def __init__(self, std_ratio: float = 0.1, min_rank: float = 1.5):
-        self.std_ratio, self.min_rank = std_ratio, min_rank
+    def __init__(self, std_ratio: float = 0.1, min_rank: float = 1.5, rank_fraction: float = 0.01):
+        self.std_ratio, self.min_rank, self.rank_fraction = std_ratio, min_rank, rank_fraction
         self.event: dict | None = None
 
     def check(self, step: int, metrics: dict) -> str | None:
@@ -44,7 +47,8 @@ class CollapseDetector:
         if self.event is not None:
             return None
         low_std = metrics["z_std"] < self.std_ratio * metrics["z_std_healthy"]
-        low_rank = metrics["z_rank"] < self.min_rank
+        dim = 1.0 / metrics["z_std_healthy"] ** 2          # healthy std = 1 / sqrt(d)
+        low_rank = metrics["z_rank"] < max(self.min_rank, self.rank_fraction * dim)
         if not (low_std or low_rank):
             return None
         self.event = {"step": step, "z_std": metrics["z_std"], "z_rank": metrics["z_rank"],

@@ -144,7 +144,8 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         model = DDP(method, device_ids=[local_rank] if device.type == "cuda" else None,
                     broadcast_buffers=False)
 
-    collapse = CollapseDetector(cfg.eval.collapse_std_ratio, cfg.eval.collapse_rank)
+    collapse = CollapseDetector(cfg.eval.collapse_std_ratio, cfg.eval.collapse_rank,
+                                cfg.eval.collapse_rank_fraction)
     step = 0
     if ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
