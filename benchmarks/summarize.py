@@ -51,9 +51,12 @@ def main() -> None:
     ap.add_argument("--results", default="benchmarks/results/cifar10_protocol.jsonl")
     a = ap.parse_args()
     rows = [json.loads(x) for x in open(a.results) if x.strip()]
-    by = defaultdict(list)
+    latest = {}  # the results file is append-only: a re-run of (variant, seed) replaces the old row
     for r in rows:
-        by[r["variant"]].append(r)
+        latest[(r["variant"], r["seed"])] = r
+    by = defaultdict(list)
+    for (v, _), r in sorted(latest.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        by[v].append(r)
     for title, variants in TABLES.items():
         print(f"\n**{title}**\n")
         print("| features | seeds | kNN k=200 % | kNN k=20 % | linear % | embed std (healthy) | eff. rank | train img/s |")
