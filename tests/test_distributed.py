@@ -153,10 +153,17 @@ def test_torchrun_two_processes_killed_and_resumed_equals_uninterrupted(tmp_path
                                     for x in metrics.read_text().splitlines() if x.strip()):
             break
         time.sleep(0.05)
-    # kill -9 the launcher and every worker (torchrun starts its workers in their own sessions)
-    import subprocess
-
-    subprocess.run(["pkill", "-9", "-f", str(tmp_path / "killed")], check=False)
+    # kill -9 the launcher and every worker (torchrun starts its workers in their own sessions):
+    # every process whose command line names this run directory
+    target = str(tmp_path / "killed").encode()
+    for proc in os.listdir("/proc"):
+        if proc.isdigit():
+            try:
+                with open(f"/proc/{proc}/cmdline", "rb") as f:
+                    if target in f.read():
+                        os.kill(int(proc), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
     try:
         os.killpg(p.pid, signal.SIGKILL)
     except ProcessLookupError:
