@@ -162,8 +162,8 @@ def semisup_tables(path: str = "benchmarks/results/cifar10_semisup.jsonl") -> No
         latest[(r["variant"], r["labels"], r["seed"])] = r
     labels = sorted({k[1] for k in latest})
     print("\n**Semi-supervised, CIFAR-10 CPU protocol** (test accuracy %, EMA model; final / "
-          "median of the last 5 evaluations / at the best validation accuracy)\n")
-    head = " | ".join(f"{n} labels: final | median last 5 | at best val" for n in labels)
+          "median of the last evaluations (eval.median_last) / at the best validation accuracy)\n")
+    head = " | ".join(f"{n} labels: final | median last | at best val" for n in labels)
     print(f"| method | seeds | {head} | s/run |")
     print("|---|---|" + "---|---|---|" * len(labels) + "---|")
     for v, name in SEMI_LABELS.items():
