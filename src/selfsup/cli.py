@@ -12,18 +12,24 @@ OVERRIDES_HELP = ("section.key=value overrides, e.g. optim.lr=0.5 train.steps=20
                   "method.temperature=0.2 (unknown keys are an error listing the valid ones)")
 
 
-def _cmd_pretrain(args) -> int:
+def _training_config(args):
+    """The preset + overrides of a training command, with its --out/--strict/--overwrite."""
     from .config import load_config
-    from .pretrain import pretrain
 
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
-    if args.strict:
+    if getattr(args, "strict", False):
         overrides.append("data.strict=true")
     if args.overwrite:
         overrides.append("train.overwrite=true")
-    cfg = load_config(args.preset, overrides)
+    return load_config(args.preset, overrides)
+
+
+def _cmd_pretrain(args) -> int:
+    from .pretrain import pretrain
+
+    cfg = _training_config(args)
     run_dir, summary = pretrain(cfg)
     print(json.dumps(summary, indent=1))
     print(f"run directory: {run_dir}")
@@ -31,15 +37,9 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_semisup(args) -> int:
-    from .config import load_config
     from .semisupervised import mpl_with_finetune, noisy_student, train_semisup
 
-    overrides = list(args.overrides)
-    if args.out:
-        overrides.append(f"train.out_dir={args.out}")
-    if args.overwrite:
-        overrides.append("train.overwrite=true")
-    cfg = load_config(args.preset, overrides)
+    cfg = _training_config(args)
     name = cfg.method.get("name")
     if name == "noisy_student":
         run_dir, summary = noisy_student(cfg, rounds=args.rounds, init=args.init,

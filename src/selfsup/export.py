@@ -92,9 +92,9 @@ def export_model(run_dir: str | Path, out_dir: str | Path, check_images: list[st
     # parity on real images
     if check_images is None:
         from .pretrain import load_data
-        from .semisupervised import _run_config
+        from .pretrain import load_run_config
 
-        cfg = _run_config(run_dir)
+        cfg = load_run_config(run_dir)
         ds = load_data(cfg, cfg.data.split, progress=False)
         x8 = ds.batch(np.arange(min(n_check, len(ds))))
     else:

@@ -176,14 +176,27 @@ def probe_encoder(encoder: torch.nn.Module, stage: int) -> torch.nn.Module:
     return StageEncoder(encoder, stage)
 
 
-def save_encoder(method, cfg: RunConfig, run_dir: Path) -> Path:
-    from safetensors.torch import save_file
-
-    meta = {"backbone": cfg.model.backbone, "width": str(cfg.model.width),
+def model_metadata(cfg: RunConfig) -> dict[str, str]:
+    """What rebuilding and feeding a saved network needs (safetensors metadata: strings)."""
+    return {"backbone": cfg.model.backbone, "width": str(cfg.model.width),
             "cifar_stem": str(cfg.model.cifar_stem), "image_size": str(cfg.data.image_size),
             "input_size": str(cfg.augment.size), "patch_size": str(cfg.model.patch_size),
             "mean": json.dumps(IMAGENET_MEAN), "std": json.dumps(IMAGENET_STD),
             "method": cfg.method.get("name", ""), "selfsup_version": __version__}
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved configuration saved in a run directory."""
+    p = Path(run_dir) / "config.yaml"
+    if not p.exists():
+        raise RunDirError(f"{run_dir}: not a selfsup run directory (no config.yaml)")
+    return config_from_dict(yaml.safe_load(p.read_text()))
+
+
+def save_encoder(method, cfg: RunConfig, run_dir: Path) -> Path:
+    from safetensors.torch import save_file
+
+    meta = model_metadata(cfg)
     # "backbone": the file is a backbone's weights; "method": the method's own encoder module
     # (e.g. colorization's L-input wrapper, iGPT's palette + transformer), rebuilt from the config
     meta["encoder"] = "backbone" if getattr(method, "encoder_is_backbone", True) else "method"
@@ -200,9 +213,7 @@ def load_encoder(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise RunDirError(f"{run_dir}: not a selfsup run directory (no config.yaml)")
-    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = load_run_config(run_dir)
     enc = build_backbone(cfg)
     path = run_dir / "encoder.safetensors"
     if path.exists():

@@ -22,15 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .augment.views import IMAGENET_MEAN, IMAGENET_STD
 from .config import RunConfig, apply_overrides, config_from_dict
 from .data import ImageDataset
 from .data.splits import class_balanced_subset
 from .data.sources import DataError
 from .evaluate.features import extract_features
 from .pretrain import (RunDirError, build_method, check_output_space, load_data, load_encoder,
-                       prepare_run_dir, save_encoder)
+                       model_metadata, prepare_run_dir, save_encoder)
 from .semisup import Classifier
 from .train.loop import resolve_device, train
 
@@ -74,12 +72,7 @@ def save_classifier(model: Classifier, cfg: RunConfig, classes: list[str], run_d
     use them (architecture, class names, input size and normalisation) in the metadata."""
     from safetensors.torch import save_file
 
-    meta = {"backbone": cfg.model.backbone, "width": str(cfg.model.width),
-            "cifar_stem": str(cfg.model.cifar_stem), "image_size": str(cfg.data.image_size),
-            "input_size": str(cfg.augment.size), "patch_size": str(cfg.model.patch_size),
-            "classes": json.dumps(classes), "mean": json.dumps(IMAGENET_MEAN),
-            "std": json.dumps(IMAGENET_STD), "method": cfg.method.get("name", ""),
-            "selfsup_version": __version__}
+    meta = {**model_metadata(cfg), "classes": json.dumps(classes)}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = run_dir / "model.safetensors"
     tmp = path.with_name(".model.safetensors.tmp")
@@ -110,15 +103,6 @@ def load_classifier(run_dir: str | Path) -> tuple[Classifier, dict]:
     state = load_file(str(path))
     model.load_state_dict(state)
     return model.eval(), meta
-
-
-def _run_config(run_dir: str | Path) -> RunConfig:
-    import yaml
-
-    p = Path(run_dir) / "config.yaml"
-    if not p.exists():
-        raise RunDirError(f"{run_dir}: not a selfsup run directory (no config.yaml)")
-    return config_from_dict(yaml.safe_load(p.read_text()))
 
 
 def _init_from(method, init: str | Path, cfg: RunConfig) -> str:

@@ -244,9 +244,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
     enc_dir = pre or clf
     encoder, cfg = load_encoder(enc_dir)
     encoder.eval()
-    from ..semisupervised import _run_config
+    from ..pretrain import load_run_config
 
-    ccfg = _run_config(clf) if clf else cfg
+    ccfg = load_run_config(clf) if clf else cfg
     val_ds = train_ds = None
     splits_path = (clf or pre) / "splits.json"
     if clf is not None and splits_path.exists():
