@@ -2,6 +2,6 @@
 registered in the same registry (``selfsup list methods``)."""
 
 from . import distill, fixmatch, mpl, noisy_student, pseudo_label, supervised  # noqa: F401
-from .base import Classifier, SemiSupervisedMethod, make_augment
+from .base import Classifier, SemiSupervisedMethod
 
 __all__ = ["Classifier", "SemiSupervisedMethod"]
