@@ -37,7 +37,9 @@ VARIANTS = {
     "pl_oliver2018": ["method.name=pseudo_label", "method.schedule=oliver2018", "method.uratio=4"],
     "fixmatch": [],
     "noisy_student": ["method.name=noisy_student", "method.uratio=4", "method.per_class=1000"],
-    "mpl": ["method.name=mpl", "method.uratio=4"],
+    # the paper lets the teacher learn alone for 3k steps (1% of 300k) before the student starts;
+    # 1% of 300 steps is 3 steps of a random teacher, so the student waits 30% of the run here
+    "mpl": ["method.name=mpl", "method.uratio=4", "method.student_wait=0.3"],
     "simclr_finetune": ["method.name=supervised"],
     "simclr_fixmatch": [],
     "distill": ["method.name=distill", "method.uratio=4"],

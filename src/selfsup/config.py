@@ -119,9 +119,18 @@ class RunConfig:
         """The method's typed Config built from the ``method`` section."""
         from .methods import METHODS
 
+        from .methods.augself import split_augself
+
         d = dict(self.method)
         cls = METHODS.get(d.pop("name", "simclr")).Config
+        d, _ = split_augself(d)  # AugSelf's own keys (method.augself_*) wrap the method
         return _build(cls, d, "method")
+
+    def augself_config(self):
+        """AugSelf's config when ``method.augself_*`` asks for it, else None."""
+        from .methods.augself import split_augself
+
+        return split_augself(dict(self.method))[1]
 
 
 def _coerce(value, typ, key: str):

@@ -20,7 +20,7 @@ import yaml
 
 from . import __version__, backbones
 from .augment.views import IMAGENET_MEAN, IMAGENET_STD
-from .config import RunConfig, config_from_dict
+from .config import ConfigError, RunConfig, config_from_dict
 from .data import ImageDataset, load_dataset
 from .evaluate.collapse import collapse_metrics
 from .evaluate.features import extract_features
@@ -41,7 +41,16 @@ def build_backbone(cfg: RunConfig) -> torch.nn.Module:
 
 def build_method(cfg: RunConfig) -> torch.nn.Module:
     cls = METHODS.get(cfg.method.get("name", "simclr"))
-    return cls(build_backbone(cfg), cfg.method_config(), cfg.augment)
+    method = cls(build_backbone(cfg), cfg.method_config(), cfg.augment)
+    aug_cfg = cfg.augself_config()
+    if aug_cfg is not None:   # AugSelf composes with the method instead of copying it
+        from .methods.augself import AugSelf
+
+        try:
+            method = AugSelf(method, aug_cfg)
+        except ValueError as e:
+            raise ConfigError(f"method.augself_*: {e}") from None
+    return method
 
 
 def load_data(cfg: RunConfig, split: str | None, progress: bool = True) -> ImageDataset:
