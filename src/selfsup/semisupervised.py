@@ -72,7 +72,8 @@ def save_classifier(model: Classifier, cfg: RunConfig, classes: list[str], run_d
     use them (architecture, class names, input size and normalisation) in the metadata."""
     from safetensors.torch import save_file
 
-    meta = {**model_metadata(cfg), "classes": json.dumps(classes)}
+    meta = {**model_metadata(cfg), "classes": json.dumps(classes),
+            **(model.export_metadata() if hasattr(model, "export_metadata") else {})}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = run_dir / "model.safetensors"
     tmp = path.with_name(".model.safetensors.tmp")
@@ -99,7 +100,15 @@ def load_classifier(run_dir: str | Path) -> tuple[Classifier, dict]:
     backbone = backbones.build(meta["backbone"], float(meta["width"]), meta["cifar_stem"] == "True",
                                int(meta.get("input_size", meta["image_size"])),
                                int(meta.get("patch_size", 4)))
-    model = Classifier(backbone, len(json.loads(meta["classes"])))
+    n = len(json.loads(meta["classes"]))
+    if "sla_mode" in meta:   # SLA keeps its joint head and inference (semisup/sla.py)
+        from .semisup.sla import SLAClassifier
+
+        model = SLAClassifier(backbone, n, meta["sla_mode"], meta["sla_transform"],
+                              meta["sla_inference"], mean=json.loads(meta["mean"]),
+                              std=json.loads(meta["std"]))
+    else:
+        model = Classifier(backbone, n)
     state = load_file(str(path))
     model.load_state_dict(state)
     return model.eval(), meta
