@@ -42,9 +42,11 @@ SMALL_HEADS = {"byol": {"hidden_dim": 64, "out_dim": 32},
                "deepcluster_v2": {"hidden_dim": 32, "out_dim": 16, "n_prototypes": 4,
                                   "n_heads": 2},
                "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 4},
+               "selfpatch": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16,
+                             "n_local_crops": 2, "patch_out_dim": 32},
                "jigsaw": {"n_permutations": 10, "tile_dim": 16, "hidden_dim": 16},
                "igpt": {"resolution": 8, "n_colors": 8, "dim": 16, "depth": 2, "heads": 2}}
-VIT_METHODS = {"mae"}  # methods that need a ViT backbone
+VIT_METHODS = {"mae", "selfpatch"}  # methods that need a ViT backbone
 TILE_METHODS = {"jigsaw", "relative_position"}
 
 

@@ -16,14 +16,14 @@ from torch import nn
 from . import BACKBONES
 
 
-def sincos_2d(dim: int, grid: int) -> torch.Tensor:
+def sincos_2d(dim: int, grid: int, scale: float = 1.0) -> torch.Tensor:
     """[grid*grid, dim] fixed position embeddings: half the channels encode the row, half the
     column, each as sin/cos at geometrically spaced frequencies (MAE ``get_2d_sincos_pos_embed``)."""
     if dim % 4:
         raise ValueError(f"sin-cos position embeddings need a dimension divisible by 4, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
-                            torch.arange(grid, dtype=torch.float64), indexing="ij")
+    pos = torch.arange(grid, dtype=torch.float64) * scale
+    ys, xs = torch.meshgrid(pos, pos, indexing="ij")
 
     def enc(pos):
         out = pos.reshape(-1, 1) * omega[None]
@@ -73,11 +73,19 @@ class ViT(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def patchify_embed(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> patch tokens with position embeddings [B, n, D]."""
-        if x.shape[-1] != self.grid * self.patch_size or x.shape[-2] != x.shape[-1]:
-            raise ValueError(f"this ViT takes {self.grid * self.patch_size} px square images, got "
-                             f"{tuple(x.shape[-2:])}")
-        return self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        """[B, C, H, W] -> patch tokens with position embeddings [B, n, D]. Square images of
+        another multiple of the patch size (multi-crop's local crops) get the sin-cos embedding
+        of their grid, positions rescaled to span the same range as the training grid (what
+        DINO's interpolation of learned embeddings approximates)."""
+        side = x.shape[-1]
+        if side % self.patch_size or x.shape[-2] != side:
+            raise ValueError(f"this ViT takes square images whose side is a multiple of "
+                             f"{self.patch_size} px (trained at {self.grid * self.patch_size}), "
+                             f"got {tuple(x.shape[-2:])}")
+        grid = side // self.patch_size
+        pos = self.pos_embed if grid == self.grid else sincos_2d(
+            self.embed_dim, grid, scale=(self.grid - 1) / max(grid - 1, 1)).to(x)[None]
+        return self.patch_embed(x).flatten(2).transpose(1, 2) + pos
 
     def forward_tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         t = self.patchify_embed(x)                                   # [B, n, D]

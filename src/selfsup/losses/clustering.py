@@ -67,3 +67,11 @@ def dino_center(center: torch.Tensor, teacher: list[torch.Tensor],
     """The new centre: EMA of the mean teacher output over the batch (DINO Alg. 1)."""
     batch_center = torch.cat([t.float() for t in teacher]).mean(0)
     return center * momentum + batch_center * (1 - momentum)
+
+
+def selfpatch_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
+                   student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:
+    """The patch term for one view: student / teacher patch logits [B, n, K], centre [K];
+    mean over images and patches of CE(softmax((t - C) / tt), log_softmax(s / ts))."""
+    target = F.softmax((teacher.float() - center) / teacher_temp, dim=-1).detach()
+    return -(target * F.log_softmax(student.float() / student_temp, dim=-1)).sum(-1).mean()

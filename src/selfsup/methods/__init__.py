@@ -6,7 +6,7 @@ METHODS: Registry = Registry("method")
 
 from . import (barlow_twins, byol, deepcluster, denoising_ae, dino, mae, mocov2,  # noqa: E402,F401
                colorization, igpt, inpainting, jigsaw, relative_position, rotnet, simclr,
-               simsiam,
+               selfpatch, simsiam,
                supcon, swav, vae,
                vicreg)
 from .base import BatchInfo, Method, StepOutput  # noqa: E402
