@@ -25,8 +25,10 @@ def _fit(clf: LogisticRegression, x, y, c) -> LogisticRegression:
 
 
 def linear_probe(train_feats, train_labels, test_feats, test_labels, val_fraction: float = 0.2,
-                 cs=DEFAULT_CS, seed: int = 0, max_iter: int = 500) -> dict:
-    """Returns {'linear_acc', 'linear_val_acc', 'linear_C'}; C = 1 / L2 strength."""
+                 cs=DEFAULT_CS, seed: int = 0, max_iter: int = 500,
+                 return_predictions: bool = False) -> dict:
+    """Returns {'linear_acc', 'linear_val_acc', 'linear_C'} (and 'predictions' on the test
+    features when asked); C = 1 / L2 strength."""
     x, y = np.asarray(train_feats, np.float32), np.asarray(train_labels)
     xt, yt = np.asarray(test_feats, np.float32), np.asarray(test_labels)
     tr, va = stratified_split(y, val_fraction, seed)
@@ -42,5 +44,8 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, val_fractio
         best_val, _, best_c = max(results)  # ties -> the stronger regularisation
     scaler = StandardScaler().fit(x)
     clf = _fit(LogisticRegression(max_iter=max_iter, tol=1e-4), scaler.transform(x), y, best_c)
-    acc = float((clf.predict(scaler.transform(xt)) == yt).mean())
-    return {"linear_acc": acc, "linear_val_acc": best_val, "linear_C": best_c}
+    pred = clf.predict(scaler.transform(xt))
+    out = {"linear_acc": float((pred == yt).mean()), "linear_val_acc": best_val, "linear_C": best_c}
+    if return_predictions:
+        out["predictions"] = pred
+    return out
