@@ -52,6 +52,8 @@ VARIANTS = {
     **{m: (f"{m}_cifar10_cpu", []) for m in (
         "rotnet", "jigsaw", "relative_position", "colorization", "inpainting", "denoising_ae",
         "vae", "mae", "igpt")},
+    # AugSelf (issue 6) on SimCLR: crop and colour-difference prediction, lambda 1 each (paper)
+    "simclr_augself": (BASE, ["method.augself_crop=1.0", "method.augself_color=1.0"]),
     # DINO with the official ResNet-50 recipe (facebookresearch/dino README): SGD lr 0.03,
     # wd 1e-4, teacher temperature 0.04 throughout, global crops 0.14-1, local 0.05-0.14
     "dino_sgd": ("dino_cifar10_cpu", ["optim.name=sgd", "optim.lr=0.03", "optim.weight_decay=1e-4",

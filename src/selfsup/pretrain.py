@@ -36,7 +36,8 @@ class RunDirError(RuntimeError):
 
 def build_backbone(cfg: RunConfig) -> torch.nn.Module:
     m = cfg.model
-    return backbones.build(m.backbone, m.width, m.cifar_stem, cfg.augment.size, m.patch_size)
+    return backbones.build(m.backbone, m.width, m.cifar_stem, cfg.augment.size, m.patch_size,
+                           m.depth)
 
 
 def build_method(cfg: RunConfig) -> torch.nn.Module:
@@ -190,6 +191,7 @@ def model_metadata(cfg: RunConfig) -> dict[str, str]:
     return {"backbone": cfg.model.backbone, "width": str(cfg.model.width),
             "cifar_stem": str(cfg.model.cifar_stem), "image_size": str(cfg.data.image_size),
             "input_size": str(cfg.augment.size), "patch_size": str(cfg.model.patch_size),
+            "depth": str(cfg.model.depth),
             "mean": json.dumps(IMAGENET_MEAN), "std": json.dumps(IMAGENET_STD),
             "method": cfg.method.get("name", ""), "selfsup_version": __version__}
 
@@ -237,9 +239,11 @@ def load_encoder(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
         from .train.checkpoint import load_checkpoint
 
         state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
-        # every method keeps its encoder as ``backbone``
-        enc.load_state_dict({k[len("backbone."):]: v for k, v in state.items()
-                             if k.startswith("backbone.")})
+        # every method keeps its encoder as ``backbone`` (AugSelf: its base's, ``base.backbone``)
+        prefix = "base.backbone." if any(k.startswith("base.backbone.") for k in state) \
+            else "backbone."
+        enc.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                             if k.startswith(prefix)})
     else:
         raise RunDirError(f"{run_dir}: no encoder.safetensors or checkpoint to load")
     return enc, cfg

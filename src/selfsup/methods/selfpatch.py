@@ -165,6 +165,7 @@ class SelfPatchConfig:
 @METHODS.register("selfpatch")
 class SelfPatch(Method):
     Config = SelfPatchConfig
+    encoder_is_backbone = False   # the encoder file holds the ViT and the class-attention head
 
     def __init__(self, backbone: nn.Module, cfg: SelfPatchConfig | None = None,
                  view_cfg: ViewConfig | None = None):
