@@ -118,8 +118,9 @@ def main() -> None:
                     if not (teacher / "model.safetensors").exists():
                         raise SystemExit(f"distill needs {teacher}: run the fixmatch variant first")
                     over = over + [f"method.teacher={teacher}"]
-                if (out / "summary.json").exists():
+                if (out / "summary.json").exists():   # a finished run: its own training time
                     s = json.loads((out / "summary.json").read_text())
+                    t0 = time.time() - s.get("train_seconds", 0.0)
                 else:
                     _, s = train_semisup(load_config(BASE, over), out, init=init)
                 emit(row(name, lpc, seed, s, time.time() - t0,

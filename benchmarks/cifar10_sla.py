@@ -51,7 +51,7 @@ def main() -> None:
                     f"data.labels_per_class={a.labels}", "data.val_per_class=50",
                     "method.name=sla", f"method.mode={mode}", f"method.transform={a.transform}",
                     "train.batch_size=64", "train.progress=false",
-                    f"train.eval_every={max(1, a.steps // 4)}", "eval.median_last=3",
+                    f"train.eval_every={max(1, a.steps // 2)}", "eval.median_last=2",
                     f"train.checkpoint_every={a.steps}"]
             cfg = load_config(BASE, over)
             if test_ds is None:

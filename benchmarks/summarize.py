@@ -27,6 +27,7 @@ LABELS = {
     "simsiam_no_sg": "SimSiam without stop-gradient",
     "supcon_labeled": "SupCon, labels of the labeled split (1,000/class)",
     "ce_labeled": "cross-entropy, same 1,000 labels/class",
+    "simclr_augself": "SimCLR + AugSelf (crop + colour, lambda 1)",
 }
 METHODS = ["random", "simclr", "mocov2", "byol", "simsiam", "simsiam_no_sg", "barlow_twins",
            "vicreg", "swav",
@@ -38,6 +39,7 @@ TABLES = {
     "Claim: SimSiam collapses without its stop-gradient": ["simsiam", "simsiam_no_sg"],
     "Claim: SupCon >= cross-entropy on the same labels": ["supcon_labeled", "ce_labeled",
                                                           "supcon"],
+    "Claim: AugSelf keeps (or improves) CIFAR-10 accuracy": ["simclr", "simclr_augself"],
 }
 
 
@@ -99,6 +101,7 @@ def main() -> None:
 
     pretext_table(by)
     semisup_tables()
+    issue6_tables()
 
 
 PRETEXT = ["random", "simclr", "rotnet", "rotnet_stage2", "rotnet_stage3", "jigsaw",
@@ -181,7 +184,74 @@ def semisup_tables(path: str = "benchmarks/results/cifar10_semisup.jsonl") -> No
         if not seeds:
             continue
         s = ",".join(str(x) for x in sorted(seeds))
-        print(f"| {name} | {s} | {' | '.join(cells)} | {np.mean(secs):.0f} |")
+        print(f"| {name} | {s} | {' | '.join(cells)} | {f'{np.mean(secs):.0f}' if secs else '–'} |")
+
+
+def _latest(path: str, key) -> dict:
+    import os
+
+    if not os.path.exists(path):
+        return {}
+    latest = {}
+    for line in open(path):
+        if line.strip():
+            r = json.loads(line)
+            latest[key(r)] = r   # append-only files: a re-run replaces the older row
+    return latest
+
+
+SLA_LABELS = {("baseline", "head"): "supervised baseline",
+              ("da", "head"): "rotation as label-preserving augmentation (DA)",
+              ("mt", "head"): "multi-task: class head + rotation head (MT)",
+              ("sla", "joint_single"): "SLA + single inference (SI)",
+              ("sla", "aggregated"): "SLA + aggregated inference (AG)",
+              ("sla_sd", "head"): "SLA + self-distillation (SD, single head)",
+              ("sla_sd", "aggregated"): "SLA+SD model, joint head aggregated"}
+
+
+def issue6_tables() -> None:
+    sla = _latest("benchmarks/results/cifar10_sla.jsonl",
+                  lambda r: (r["variant"], r["inference"], r["labels"], r["seed"]))
+    if sla:
+        print("\n**SLA on CIFAR-10 labels** (rotation, M = 4; test accuracy %, EMA model)\n")
+        print("| variant | labels | seeds | test acc % | train img/s (seed 0) |")
+        print("|---|---|---|---|---|")
+        for (v, inf), name in SLA_LABELS.items():
+            for n in sorted({k[2] for k in sla}):
+                rs = [r for k, r in sorted(sla.items()) if k[:3] == (v, inf, n)]
+                if rs:
+                    ips = [r["images_per_s"] for r in rs if r["seed"] == 0 and r.get("images_per_s")]
+                    print(f"| {name} | {n} | {','.join(str(r['seed']) for r in rs)} | "
+                          f"{fmt([r['test_acc'] for r in rs])} | "
+                          f"{f'{np.mean(ips):.0f}' if ips else '–'} |")
+    hue = _latest("benchmarks/results/augself_color.jsonl", lambda r: (r["variant"], r["seed"]))
+    if hue:
+        names = {"raw": "raw pixels", "random": "random-init encoder", "simclr": "SimCLR",
+                 "simclr_augself": "SimCLR + AugSelf"}
+        maj = next(iter(hue.values()))["majority"]
+        print(f"\n**AugSelf: dominant-hue task** (6 hue sectors; linear probe accuracy %, "
+              f"majority class {maj * 100:.1f}%)\n")
+        print("| features | seeds | hue accuracy % |")
+        print("|---|---|---|")
+        for v, name in names.items():
+            rs = [r for k, r in sorted(hue.items()) if k[0] == v]
+            if rs:
+                print(f"| {name} | {','.join(str(r['seed']) for r in rs)} | "
+                      f"{fmt([r['hue_acc'] for r in rs])} |")
+    dense = _latest("benchmarks/results/dense_selfpatch.jsonl", lambda r: (r["variant"], r["seed"]))
+    if dense:
+        names = {"random": "random-init ViT", "dino": "DINO", "selfpatch": "DINO + SelfPatch"}
+        print("\n**SelfPatch: dense task on CIFAR-10 mosaics** (linear probe on frozen patch "
+              "tokens; patch accuracy and mean IoU %)\n")
+        print("| features | seeds | patch acc % | mIoU % | train img/s (seed 0) |")
+        print("|---|---|---|---|---|")
+        for v, name in names.items():
+            rs = [r for k, r in sorted(dense.items()) if k[0] == v]
+            if rs:
+                ips = [r["images_per_s"] for r in rs if r["seed"] == 0 and r.get("images_per_s")]
+                print(f"| {name} | {','.join(str(r['seed']) for r in rs)} | "
+                      f"{fmt([r['patch_acc'] for r in rs])} | {fmt([r['patch_miou'] for r in rs])} | "
+                      f"{f'{np.mean(ips):.0f}' if ips else '–'} |")
 
 
 if __name__ == "__main__":
