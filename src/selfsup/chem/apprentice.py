@@ -1,0 +1,180 @@
+"""The apprentice: a SMILES language model (character-level LSTM, as GEGL's and GuacaMol's
+SMILES-LSTM) that generates molecules token by token and is trained by maximum likelihood, first
+on a corpus (ZINC) and then, inside GEGL, on the best molecules found so far (imitation).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .molecules import canonical
+
+# SMILES tokens (bracket atoms, two-letter halogens, ring-bond numbers %nn, single characters)
+_TOKEN = re.compile(r"(\[[^\]]+]|Br|Cl|%\d{2}|[A-Za-z]|\d|\(|\)|\.|=|#|-|\+|\\|/|:|~|@|\?|>|\*|\$)")
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+
+
+def tokenize(smiles: str) -> list[str]:
+    tokens = _TOKEN.findall(smiles)
+    if "".join(tokens) != smiles:
+        raise ValueError(f"cannot tokenize SMILES {smiles!r}")
+    return tokens
+
+
+class Vocab:
+    def __init__(self, tokens: list[str]):
+        self.itos = [PAD, BOS, EOS] + sorted(set(tokens) - {PAD, BOS, EOS})
+        self.stoi = {t: i for i, t in enumerate(self.itos)}
+
+    @classmethod
+    def from_smiles(cls, smiles: list[str]) -> "Vocab":
+        toks: set[str] = set()
+        for s in smiles:
+            try:
+                toks.update(tokenize(s))
+            except ValueError:
+                continue
+        return cls(sorted(toks))
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, smiles: str) -> list[int] | None:
+        """[BOS, tokens..., EOS] ids, or None when a token is not in the vocabulary."""
+        try:
+            ids = [self.stoi[t] for t in tokenize(smiles)]
+        except (KeyError, ValueError):
+            return None
+        return [self.stoi[BOS], *ids, self.stoi[EOS]]
+
+    def decode(self, ids: list[int]) -> str:
+        out = []
+        for i in ids:
+            t = self.itos[i]
+            if t == EOS:
+                break
+            if t not in (PAD, BOS):
+                out.append(t)
+        return "".join(out)
+
+
+@dataclass
+class ApprenticeConfig:
+    embed_dim: int = 128
+    hidden_dim: int = 512      # GEGL: 3-layer LSTM, 1024 hidden; CPU presets use less
+    layers: int = 3
+    dropout: float = 0.2
+    max_len: int = 100
+
+
+class SmilesLSTM(nn.Module):
+    def __init__(self, vocab: Vocab, cfg: ApprenticeConfig | None = None):
+        super().__init__()
+        cfg = cfg or ApprenticeConfig()
+        self.vocab, self.cfg = vocab, cfg
+        self.embed = nn.Embedding(len(vocab), cfg.embed_dim)
+        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_dim, cfg.layers, batch_first=True,
+                            dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.out = nn.Linear(cfg.hidden_dim, len(vocab))
+
+    def forward(self, ids: torch.Tensor, state=None):
+        h, state = self.lstm(self.embed(ids), state)
+        return self.out(h), state
+
+    def batch(self, smiles: list[str]) -> torch.Tensor | None:
+        """Padded [B, T] ids of the encodable molecules (None if none)."""
+        enc = [e for e in (self.vocab.encode(s) for s in smiles) if e is not None]
+        enc = [e[:self.cfg.max_len + 2] for e in enc]
+        if not enc:
+            return None
+        t = max(len(e) for e in enc)
+        out = torch.full((len(enc), t), self.vocab.stoi[PAD], dtype=torch.long)
+        for i, e in enumerate(enc):
+            out[i, :len(e)] = torch.tensor(e)
+        return out
+
+    def nll(self, ids: torch.Tensor) -> torch.Tensor:
+        """Mean token negative log-likelihood (teacher forcing; padding ignored)."""
+        logits, _ = self(ids[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                               ignore_index=self.vocab.stoi[PAD])
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               temperature: float = 1.0) -> list[str]:
+        """``n`` strings sampled token by token (not necessarily valid molecules)."""
+        was = self.training
+        self.eval()
+        x = torch.full((n, 1), self.vocab.stoi[BOS], dtype=torch.long)
+        state, seqs = None, []
+        done = torch.zeros(n, dtype=torch.bool)
+        for _ in range(self.cfg.max_len + 1):
+            logits, state = self(x, state)
+            probs = F.softmax(logits[:, -1] / temperature, dim=-1)
+            probs[:, self.vocab.stoi[PAD]] = 0
+            probs[:, self.vocab.stoi[BOS]] = 0
+            x = torch.multinomial(probs, 1, generator=generator)
+            x[done] = self.vocab.stoi[PAD]
+            seqs.append(x)
+            done |= x[:, 0] == self.vocab.stoi[EOS]
+            if done.all():
+                break
+        self.train(was)
+        ids = torch.cat(seqs, 1).tolist()
+        return [self.vocab.decode(row) for row in ids]
+
+    def save(self, path: str | Path) -> None:
+        torch.save({"vocab": self.vocab.itos, "config": asdict(self.cfg),
+                    "state": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SmilesLSTM":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no apprentice checkpoint (train one with "
+                                    f"`selfsup chem pretrain-apprentice`)")
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        vocab = Vocab([])
+        vocab.itos = list(blob["vocab"])
+        vocab.stoi = {t: i for i, t in enumerate(vocab.itos)}
+        model = cls(vocab, ApprenticeConfig(**blob["config"]))
+        model.load_state_dict(blob["state"])
+        return model
+
+
+def train_mle(model: SmilesLSTM, smiles: list[str], steps: int, batch_size: int = 128,
+              lr: float = 1e-3, generator: torch.Generator | None = None,
+              optimizer: torch.optim.Optimizer | None = None, clip: float = 1.0,
+              progress=None) -> list[float]:
+    """``steps`` Adam steps of maximum likelihood on random batches of ``smiles``; the losses."""
+    opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    n = len(smiles)
+    for step in range(steps):
+        idx = torch.randint(0, n, (min(batch_size, n),), generator=generator).tolist()
+        ids = model.batch([smiles[i] for i in idx])
+        if ids is None:
+            continue
+        loss = model.nll(ids)
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step, loss.item())
+    return losses
+
+
+def sample_valid(model: SmilesLSTM, n: int, generator=None) -> tuple[list[str], float]:
+    """Sample ``n`` strings; (their canonical SMILES where valid, the fraction valid)."""
+    raw = model.sample(n, generator)
+    valid = [c for c in (canonical(s) for s in raw) if c]
+    return valid, len(valid) / max(1, n)

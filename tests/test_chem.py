@@ -1,0 +1,171 @@
+"""Molecules (issue 10): objectives against reference values, the counting oracle, graph
+operators that only return valid canonical molecules, the apprentice, GA/GEGL budgets."""
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.chem.apprentice import (ApprenticeConfig, SmilesLSTM, Vocab, sample_valid,
+                                     tokenize, train_mle)
+from selfsup.chem.ga import crossover, graph_ga, mutate, mutation_reactions
+from selfsup.chem.gegl import GEGLConfig, gegl
+from selfsup.chem.molecules import canonical, read_smiles, to_mol
+from selfsup.chem.objectives import (AlertFilter, clipped, geometric_mean, largest_ring, logp,
+                                     max_gaussian, min_gaussian, osimertinib_mpo, penalized_logp,
+                                     penalized_logp_normalized, qed, sa_score, tanimoto)
+from selfsup.chem.oracle import BudgetExhausted, Oracle, top_k_curve
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny LSTMs gain nothing from threads; with 2 threads beside a busy process they stall."""
+    torch.set_num_threads(1)
+
+
+CHEM = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "chem"
+ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
+SMALL = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", ASPIRIN, "CCN(CC)CC", "c1ccc2ccccc2c1",
+         "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "O=C(O)c1ccccc1", "CCOC(=O)c1ccccc1N", "Cc1ccncc1"]
+
+
+def test_canonical_and_invalid():
+    assert canonical("OCC") == canonical("CCO") == "CCO"
+    assert canonical("C1CC") is None and canonical("") is None and canonical("xyz") is None
+
+
+def test_qed_logp_sa_reference_values():
+    m = to_mol(ASPIRIN)
+    # RDKit 2024.09 values (QED: Bickerton 2012 weights; Crippen logP; Ertl SA score)
+    assert qed(m) == pytest.approx(0.5501, abs=1e-4)
+    assert logp(m) == pytest.approx(1.3101, abs=1e-4)
+    assert sa_score(m) == pytest.approx(1.5800, abs=1e-3)
+    # paracetamol and ibuprofen
+    assert qed(to_mol("CC(=O)Nc1ccc(O)cc1")) == pytest.approx(0.5950, abs=1e-3)
+    assert qed(to_mol("CC(C)Cc1ccc(C(C)C(=O)O)cc1")) == pytest.approx(0.8216, abs=1e-3)
+
+
+def test_penalized_logp_formula_and_ring_penalty():
+    m = to_mol(ASPIRIN)
+    assert penalized_logp(m) == pytest.approx(logp(m) - sa_score(m), abs=1e-9)  # 6-ring: none
+    ring9 = to_mol("C1CCCCCCCC1")
+    assert largest_ring(ring9) == 9
+    assert penalized_logp(ring9) == pytest.approx(logp(ring9) - sa_score(ring9) - 3, abs=1e-9)
+    # normalised variant: each term standardised by JT-VAE's ZINC statistics
+    ref = ((logp(m) - 2.4570953396190123) / 1.434324401111988
+           + (-sa_score(m) + 3.0525811293166134) / 0.8335207024513095
+           + (0 + 0.0485696876403053) / 0.2860212110245455)
+    assert penalized_logp_normalized(m) == pytest.approx(ref)
+
+
+def test_guacamol_modifiers_and_mpo():
+    assert clipped(0.4, upper=0.8) == 0.5 and clipped(1.0, upper=0.8) == 1.0
+    assert min_gaussian(0.5, 1, 1) == 1.0 and min_gaussian(2, 1, 1) == pytest.approx(0.6065, abs=1e-4)
+    assert max_gaussian(120, 100, 10) == 1.0 and max_gaussian(90, 100, 10) == pytest.approx(0.6065, abs=1e-4)
+    assert geometric_mean([0.25, 1.0]) == pytest.approx(0.5) and geometric_mean([0.0, 1.0]) == 0
+    osi = to_mol("COc1cc(N(C)CCN(C)C)c(NC(=O)C=C)cc1Nc1nccc(-c2cn(C)c3ccccc23)n1")
+    assert tanimoto(osi, osi) == 1.0
+    # the target itself is "too similar" (ECFP6 = 1 > 0.85): penalised, but far above aspirin
+    assert 0.1 < osimertinib_mpo(osi) < 1.0
+    assert osimertinib_mpo(osi) > osimertinib_mpo(to_mol(ASPIRIN))
+
+
+def test_structural_alerts():
+    f = AlertFilter(CHEM / "alert_collection.csv", rule_sets=("Glaxo",))
+    assert any("halide" in a.lower() for a in f.alerts(to_mol("CCCCBr")))   # reactive alkyl halide
+    assert f.passes(to_mol("CC(C)Cc1ccc(C(C)C(=O)O)cc1"))
+    with pytest.raises(FileNotFoundError, match="alert"):
+        AlertFilter(CHEM / "missing.csv")
+
+
+def test_oracle_counts_caches_and_enforces_its_budget():
+    calls = []
+
+    def objective(mol):
+        calls.append(1)
+        return float(mol.GetNumAtoms())
+
+    o = Oracle(objective, budget=3)
+    assert o.score("CCO") == 3.0 and o.score("OCC") == 3.0      # same molecule: cached
+    assert o.score("not a smiles") is None                       # invalid: not counted
+    assert o.calls == 1 and len(calls) == 1
+    assert o.score_many(["CCC", "CCCC", "CCCCC", "CCO"]) == [3.0, 4.0, None, 3.0]
+    assert o.calls == 3 and len(calls) == 3 and o.exhausted
+    with pytest.raises(BudgetExhausted):
+        o.score("CCCCCC")
+    assert o.score("CCCC") == 4.0                               # cached answers still come
+    m = o.metrics()
+    assert m["calls"] == 3 and m["top1"] == 4.0 and m["top10_mean"] == pytest.approx(10 / 3)
+    # AUC: mean over the budget of the running top-10 mean: (3 + 3 + 10/3) / 3
+    assert m["auc_top10"] == pytest.approx((3 + 3 + 10 / 3) / 3)
+    assert top_k_curve([1.0, 5.0, 2.0], k=2).tolist() == [1.0, 3.0, 3.5]
+
+
+def test_mutation_and_crossover_return_valid_canonical_molecules():
+    rng = random.Random(0)
+    assert len(mutation_reactions()) > 20
+    produced = 0
+    for s in SMALL:
+        for _ in range(15):
+            for out in (mutate(s, rng), crossover(s, rng.choice(SMALL), rng)):
+                if out is None:
+                    continue       # a clear rejection, never an invalid molecule
+                produced += 1
+                assert to_mol(out) is not None and canonical(out) == out and "." not in out
+    assert produced > 150
+    assert mutate("not a smiles", rng) is None and crossover("C1CC", "CCO", rng) is None
+    # size limit: a product above max_atoms is rejected
+    big = "C" * 30
+    assert all(mutate(big, rng, max_atoms=30) is None or
+               to_mol(mutate(big, rng, max_atoms=30)).GetNumHeavyAtoms() <= 30 for _ in range(5))
+
+
+def test_graph_ga_improves_qed_within_its_budget():
+    start = read_smiles(CHEM / "zinc250k.txt.gz", limit=100)
+    o = Oracle(qed, budget=400)
+    pop = graph_ga(o, start, population_size=20, offspring=40, seed=1)
+    assert o.calls == 400 and o.exhausted
+    first100 = max(s for _, s in o.history[:100])
+    assert pop[0][1] == o.metrics()["top1"] >= first100
+    assert all(canonical(s) == s for s, _ in pop)
+
+
+def tiny_apprentice(smiles):
+    torch.manual_seed(0)
+    return SmilesLSTM(Vocab.from_smiles(smiles),
+                      ApprenticeConfig(embed_dim=16, hidden_dim=32, layers=1, max_len=60))
+
+
+def test_apprentice_tokenizes_learns_and_samples():
+    assert tokenize("C[C@@H](Cl)c1ccccc1Br") == ["C", "[C@@H]", "(", "Cl", ")", "c", "1", "c",
+                                                  "c", "c", "c", "c", "1", "Br"]
+    data = read_smiles(CHEM / "zinc250k.txt.gz", limit=300)
+    model = tiny_apprentice(data)
+    ids = model.batch(data[:4])
+    assert model.vocab.decode(ids[0].tolist()[1:]) == data[0]
+    losses = train_mle(model, data, 40, 32, lr=3e-3, generator=torch.Generator().manual_seed(0))
+    assert losses[-1] < losses[0] - 0.5
+    raw = model.sample(8, torch.Generator().manual_seed(0))
+    assert len(raw) == 8 and all(isinstance(s, str) for s in raw)
+    valid, frac = sample_valid(model, 16, torch.Generator().manual_seed(1))
+    assert 0.0 <= frac <= 1.0 and all(canonical(v) == v for v in valid)
+
+
+@pytest.mark.parametrize("mode", ["gegl", "apprentice", "random"])
+def test_gegl_and_baselines_stop_at_the_budget(mode, tmp_path):
+    data = read_smiles(CHEM / "zinc250k.txt.gz", limit=300)
+    model = tiny_apprentice(data)
+    train_mle(model, data, 60, 32, lr=3e-3)
+    path = tmp_path / "apprentice.pt"
+    model.save(path)
+    model = SmilesLSTM.load(path)
+    o = Oracle(qed, budget=60)
+    out = gegl(o, model, GEGLConfig(samples=64, offspring=32, queue_size=16, imitation_steps=1,
+                                    batch_size=16, patience=3), mode=mode, seed=0)
+    assert o.calls <= 60 and out["rounds"] >= 1
+    assert out["stopped"] == ("budget" if o.exhausted else "patience")
+    if mode == "gegl":   # the expert's offspring alone fill the budget quickly
+        assert o.exhausted
+    assert [s for s, _ in out["queue"]] == [s for s, _ in sorted(out["queue"], key=lambda t: -t[1])]
+    with pytest.raises(ValueError, match="mode"):
+        gegl(o, model, mode="nope")
