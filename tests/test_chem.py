@@ -169,3 +169,41 @@ def test_gegl_and_baselines_stop_at_the_budget(mode, tmp_path):
     assert [s for s, _ in out["queue"]] == [s for s, _ in sorted(out["queue"], key=lambda t: -t[1])]
     with pytest.raises(ValueError, match="mode"):
         gegl(o, model, mode="nope")
+
+
+def test_cli_pretrain_apprentice_resumes_and_design_writes_its_outputs(tmp_path, capsys):
+    import json
+
+    from selfsup.cli import main
+
+    corpus = str(CHEM / "zinc250k.txt.gz")
+    app = tmp_path / "app.pt"
+    args = ["chem", "pretrain-apprentice", "--corpus", corpus, "--limit", "300", "--steps", "6",
+            "--batch-size", "16", "--hidden", "32", "--layers", "1", "--checkpoint-every", "3",
+            "-o", str(app), "--threads", "1"]
+    assert main(args) == 0
+    info = json.loads(app.with_suffix(".json").read_text())
+    assert info["steps"] == 6 and 0 <= info["validity_256"] <= 1
+    # a longer run with the same settings resumes from the checkpoint at step 6
+    assert main([*args[:7], "8", *args[8:]]) == 0
+    assert "resuming from step 6" in capsys.readouterr().err
+    out = tmp_path / "design"
+    assert main(["chem", "design", "--method", "gegl", "--apprentice", str(app), "--budget", "40",
+                 "--samples", "32", "--offspring", "32", "--queue", "16", "-o", str(out),
+                 "--threads", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["calls"] <= 40 and summary["method"] == "gegl"
+    for f in ("molecules.csv", "history.csv", "best.png"):
+        assert (out / f).exists(), f
+    rows = (out / "history.csv").read_text().splitlines()
+    assert rows[0] == "call,smiles,score" and len(rows) == summary["calls"] + 1
+    # an existing result is never overwritten silently; bad inputs are clear errors
+    assert main(["chem", "design", "--method", "ga", "--start", corpus, "--budget", "5",
+                 "-o", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["chem", "design", "--method", "random", "--budget", "5",
+                 "-o", str(tmp_path / "x")]) == 2
+    assert "pretrain-apprentice" in capsys.readouterr().err
+    assert main(["chem", "design", "--method", "ga", "--start", str(tmp_path / "none.txt"),
+                 "--budget", "5", "-o", str(tmp_path / "y")]) == 2
+    assert "none.txt" in capsys.readouterr().err

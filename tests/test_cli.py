@@ -8,7 +8,8 @@ from selfsup.cli import main
 
 
 @pytest.mark.parametrize("argv", [[], ["pretrain"], ["semisup"], ["eval"], ["list"], ["demo"],
-                                  ["predict"], ["embed"], ["export"]])
+                                  ["predict"], ["embed"], ["export"], ["fit"], ["report"],
+                                  ["chem"], ["chem", "design"], ["chem", "pretrain-apprentice"]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv + ["--help"])

@@ -346,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--labels-per-class", type=int, default=5)
     dm.add_argument("--steps", type=int, default=300)
     dm.set_defaults(func=_cmd_demo)
+
+    from .chem.cli import add_parsers as add_chem_parsers
+
+    add_chem_parsers(sub)
     return p
 
 

@@ -1,0 +1,225 @@
+"""``selfsup chem ...``: molecule design with an oracle budget, and the apprentice's pretraining."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+from .objectives import OBJECTIVES
+
+
+class ChemError(ValueError):
+    """A user-facing error of the chem commands (printed without a traceback)."""
+
+
+def add_parsers(sub) -> None:
+    chem = sub.add_parser("chem", help="molecules: design with GEGL / GA under an oracle budget")
+    csub = chem.add_subparsers(dest="chem_command", required=True)
+
+    d = csub.add_parser("design", help="optimise an objective with an oracle-call budget",
+                        description="Search for molecules maximising an objective, counting every "
+                        "call of the objective (the oracle). Writes OUT/molecules.csv (best "
+                        "molecules with scores), OUT/history.csv (every scored molecule in order), "
+                        "OUT/summary.json (top-1, top-10 mean, AUC of top-10 vs calls) and "
+                        "OUT/best.png (a picture grid).")
+    d.add_argument("--objective", default="qed", choices=sorted(OBJECTIVES))
+    d.add_argument("--budget", type=int, default=1000, help="oracle calls (distinct molecules)")
+    d.add_argument("--method", default="gegl", choices=["gegl", "ga", "apprentice", "random"],
+                   help="gegl = apprentice + genetic expert; ga = graph GA alone; apprentice = "
+                   "hill climbing without the expert; random = samples of the apprentice")
+    d.add_argument("--apprentice", default=None,
+                   help="a pretrained apprentice (.pt from `selfsup chem pretrain-apprentice`); "
+                   "needed by gegl, apprentice and random")
+    d.add_argument("--start", default=None,
+                   help="SMILES file (.txt/.gz) whose molecules seed the GA (ga only)")
+    d.add_argument("--start-size", type=int, default=1000, help="molecules read from --start")
+    d.add_argument("--alerts", default=None,
+                   help="structural-alert CSV: molecules breaking an alert score 0")
+    d.add_argument("--samples", type=int, default=512, help="apprentice samples per round")
+    d.add_argument("--offspring", type=int, default=512, help="expert / GA offspring per round")
+    d.add_argument("--queue", type=int, default=1024, help="priority-queue size (GA population)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", "-o", default=None, help="output folder (default runs/chem-<time>)")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    d.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    d.set_defaults(func=cmd_design)
+
+    p = csub.add_parser("pretrain-apprentice", help="train the SMILES LSTM on a corpus",
+                        description="Maximum-likelihood training of the apprentice on a SMILES "
+                        "corpus (e.g. ZINC 250k). Checkpoints every --checkpoint-every steps to "
+                        "OUT.ckpt; re-running the same command resumes. Reports the validity of "
+                        "256 samples at the end.")
+    p.add_argument("--corpus", required=True, help="SMILES file (.txt or .txt.gz)")
+    p.add_argument("--limit", type=int, default=0, help="use the first N molecules (0 = all)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", "-o", required=True, help="the apprentice file to write (.pt)")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_pretrain_apprentice)
+
+
+def _out_dir(path: str | None, overwrite: bool) -> Path:
+    out = Path(path or f"runs/chem-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and not out.is_dir():
+        raise ChemError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite or not (out / "summary.json").exists():
+            raise ChemError(f"{out}: not empty; choose another --out"
+                            + (" or pass --overwrite" if (out / "summary.json").exists() else
+                               " (only a finished design folder can be overwritten)"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def draw_grid(molecules: list[tuple[str, float]], path: Path, per_row: int = 4) -> None:
+    from rdkit.Chem import Draw
+
+    from .molecules import to_mol
+
+    mols = [to_mol(s) for s, _ in molecules]
+    img = Draw.MolsToGridImage(mols, molsPerRow=per_row, subImgSize=(260, 220),
+                               legends=[f"#{i + 1}  {v:.3f}" for i, (_, v) in enumerate(molecules)])
+    img.save(str(path))
+
+
+def cmd_design(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .ga import graph_ga
+    from .gegl import GEGLConfig, gegl
+    from .molecules import read_smiles
+    from .objectives import AlertFilter, get_objective
+    from .oracle import Oracle
+
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.method == "ga" and not args.start:
+            raise ChemError("--method ga needs --start SMILES_FILE (the initial population)")
+        if args.method != "ga" and not args.apprentice:
+            raise ChemError(f"--method {args.method} needs --apprentice FILE.pt (train one with "
+                            f"`selfsup chem pretrain-apprentice --corpus ZINC -o FILE.pt`)")
+        alerts = AlertFilter(args.alerts) if args.alerts else None
+        oracle = Oracle(get_objective(args.objective), args.budget, alerts)
+        out = _out_dir(args.out, args.overwrite)
+        bar = tqdm(total=args.budget, desc=f"{args.method} {args.objective}", unit="call",
+                   file=sys.stderr)
+
+        def tick(*_):
+            bar.update(oracle.calls - bar.n)
+            bar.set_postfix(best=f"{oracle.metrics()['top1']:.3f}")
+
+        t0 = time.time()
+        extra = {}
+        if args.method == "ga":
+            start = read_smiles(args.start, limit=args.start_size)
+            graph_ga(oracle, start, population_size=args.queue, offspring=args.offspring,
+                     seed=args.seed, on_generation=tick)
+        else:
+            from .apprentice import SmilesLSTM
+
+            model = SmilesLSTM.load(args.apprentice)
+            cfg = GEGLConfig(samples=args.samples, offspring=args.offspring, queue_size=args.queue)
+            res = gegl(oracle, model, cfg, mode=args.method, seed=args.seed, on_round=tick)
+            extra = {"rounds": res["rounds"], "validity": res["validity"], "stopped": res["stopped"]}
+        tick()
+        bar.close()
+    except (FileNotFoundError, ValueError) as e:
+        print(f"selfsup chem: error: {e}", file=sys.stderr)
+        return 2
+    best = oracle.best(100)
+    with open(out / "molecules.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "smiles", "score"])
+        w.writerows([(i + 1, s, f"{v:.6f}") for i, (s, v) in enumerate(best)])
+    with open(out / "history.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["call", "smiles", "score"])
+        w.writerows([(i + 1, s, f"{v:.6f}") for i, (s, v) in enumerate(oracle.history)])
+    if best:
+        draw_grid(best[:12], out / "best.png")
+    summary = {"objective": args.objective, "method": args.method, "budget": args.budget,
+               "seed": args.seed, **oracle.metrics(), **extra,
+               "seconds": round(time.time() - t0, 1), "best": best[:10]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k != "best"}, indent=1))
+    print(f"best molecules: {out / 'molecules.csv'}")
+    return 0
+
+
+def cmd_pretrain_apprentice(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .apprentice import ApprenticeConfig, SmilesLSTM, Vocab, sample_valid
+    from .molecules import read_smiles
+
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        corpus = read_smiles(args.corpus, limit=args.limit or None)
+        if len(corpus) < 10:
+            raise ChemError(f"{args.corpus}: only {len(corpus)} SMILES; need a corpus")
+    except (FileNotFoundError, ValueError) as e:
+        print(f"selfsup chem: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    ckpt = out.with_name(out.name + ".ckpt")
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    settings = {"corpus": str(args.corpus), "limit": args.limit, "hidden": args.hidden,
+                "layers": args.layers, "batch_size": args.batch_size, "lr": args.lr,
+                "seed": args.seed}
+    model = SmilesLSTM(Vocab.from_smiles(corpus),
+                       ApprenticeConfig(hidden_dim=args.hidden, layers=args.layers))
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    step = 0
+    if ckpt.exists():
+        blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if blob["settings"] != settings:
+            print(f"selfsup chem: error: {ckpt} was made with other settings "
+                  f"({blob['settings']}); delete it or use the same ones", file=sys.stderr)
+            return 2
+        model.load_state_dict(blob["state"])
+        opt.load_state_dict(blob["opt"])
+        gen.set_state(blob["gen"])
+        step = int(blob["step"])
+        print(f"resuming from step {step}", file=sys.stderr)
+    bar = tqdm(total=args.steps, initial=step, desc="apprentice", unit="step", file=sys.stderr)
+    model.train()
+    t0, seen = time.time(), 0
+    while step < args.steps:
+        idx = torch.randint(0, len(corpus), (args.batch_size,), generator=gen).tolist()
+        ids = model.batch([corpus[i] for i in idx])
+        loss = model.nll(ids)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        seen += ids.shape[0]
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", mol_s=f"{seen / (time.time() - t0):.0f}")
+        if step % args.checkpoint_every == 0 or step == args.steps:
+            tmp = ckpt.with_name(ckpt.name + ".tmp")
+            torch.save({"settings": settings, "state": model.state_dict(),
+                        "opt": opt.state_dict(), "gen": gen.get_state(), "step": step}, tmp)
+            tmp.replace(ckpt)
+    bar.close()
+    model.save(out)
+    _, validity = sample_valid(model, 256, torch.Generator().manual_seed(args.seed))
+    info = {"apprentice": str(out), "steps": step, "corpus_size": len(corpus),
+            "vocab": len(model.vocab), "validity_256": validity}
+    out.with_suffix(".json").write_text(json.dumps(info, indent=1))
+    print(json.dumps(info, indent=1))
+    return 0
+
