@@ -207,3 +207,90 @@ def test_cli_pretrain_apprentice_resumes_and_design_writes_its_outputs(tmp_path,
     assert main(["chem", "design", "--method", "ga", "--start", str(tmp_path / "none.txt"),
                  "--budget", "5", "-o", str(tmp_path / "y")]) == 2
     assert "none.txt" in capsys.readouterr().err
+
+
+# --- retrosynthesis -----------------------------------------------------------------------------
+from selfsup.chem.retro import (Route, SingleStep, TemplateLibrary, apply_template,  # noqa: E402
+                                building_blocks_from, extract_template, plan, read_reactions,
+                                route_examples, single_step_accuracy)
+
+
+@pytest.fixture(scope="module")
+def val_reactions():
+    return read_reactions(CHEM / "uspto50k" / "raw_val.csv.gz")
+
+
+def test_template_extraction_then_application_recovers_the_reactants(val_reactions):
+    # an amide formation from the data: recorded reactants are among the template's products
+    r = val_reactions[0]
+    assert r.reactants == "Nc1ccc(Oc2ccnc3[nH]ccc23)c(F)c1.O=C(OC(=O)C(F)(F)F)C(F)(F)F"
+    tpl = extract_template(r.mapped)
+    assert ">>" in tpl and r.reactants in apply_template(tpl, r.product)
+    # over the first 60 reactions: extraction + application recovers the recorded reactant set
+    ok = total = 0
+    for r in val_reactions[:60]:
+        tpl = extract_template(r.mapped)
+        if tpl:
+            total += 1
+            ok += r.reactants in apply_template(tpl, r.product)
+    assert total >= 55 and ok / total >= 0.9
+
+
+class CountingModel:
+    """Proposals from a table; counts single-step calls."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, 0
+
+    def propose(self, mol, k=10):
+        self.calls += 1
+        return self.table.get(mol, [])[:k]
+
+
+def test_search_respects_its_budget_and_solves_only_to_building_blocks():
+    # target T: route 1 (p=0.9) goes through X, which only leads to a non-building block Z;
+    # route 2 (p=0.2) ends in building blocks A and B; X -> Y -> X would be a cycle
+    table = {"CCCCO": [(("CCCC",), 0.9, "t1"), (("CC", "CCO"), 0.2, "t2")],
+             "CCCC": [(("CCCCCl",), 0.9, "t3"), (("CCCCO",), 0.5, "cycle")],
+             "CCCCCl": [(("CCCCBr",), 0.9, "t4")],
+             "CCCCBr": [(("CCCCI",), 0.9, "t5")]}
+    bbs = {"CC", "CCO"}
+    model = CountingModel(table)
+    route, stats = plan("OCCCC", model, bbs, expansions=10)
+    assert route is not None and stats["solved"]
+    assert route.steps == [("CCCCO", ("CC", "CCO"), 0.2, "t2")]
+    assert set(route.leaves()) <= bbs
+    assert stats["expansions"] == model.calls <= 10
+    assert "[building block]" in route.tree(bbs)
+    # with one expansion only the target is expanded: the 0.2 route still closes
+    model = CountingModel(table)
+    route, stats = plan("CCCCO", model, bbs, expansions=1)
+    assert route is not None and model.calls == 1
+    # without building blocks nothing is ever solved, and the budget is never exceeded
+    model = CountingModel(table)
+    route, stats = plan("CCCCO", model, set(), expansions=3)
+    assert route is None and not stats["solved"] and model.calls == stats["expansions"] <= 3
+
+
+def test_single_step_model_learns_templates_and_self_improvement_data(val_reactions, tmp_path):
+    train = val_reactions[:300]
+    lib, labels = TemplateLibrary.from_reactions(train)
+    assert len(lib) > 50 and sum(x >= 0 for x in labels) >= 280
+    model = SingleStep(lib, hidden=128)
+    losses = model.fit([r.product for r in train], labels, epochs=40, batch_size=64, lr=3e-3)
+    assert losses[-1] < losses[0] / 3
+    acc = single_step_accuracy(model, train[:40], ks=(1, 10))
+    assert acc["top10"] >= acc["top1"] >= 0.5          # it fits its training reactions
+    model.save(tmp_path / "ss")
+    again = SingleStep.load(tmp_path / "ss")
+    assert again.propose(train[0].product, 3) == model.propose(train[0].product, 3)
+    targets = [r.product for r in train[:10]]
+    bbs = building_blocks_from(train, set(targets))
+    assert not bbs & set(targets)
+    routes = [plan(t, model, bbs, expansions=5)[0] for t in targets]
+    solved = [r for r in routes if r is not None]
+    assert solved and all(set(r.leaves()) <= bbs for r in solved)
+    products, tpl_idx = route_examples(routes, lib)
+    assert len(products) == len(tpl_idx) >= len(solved)
+    assert all(lib.templates[i] for i in tpl_idx)
+    assert isinstance(solved[0], Route) and solved[0].to_dict()["target"] == solved[0].target
