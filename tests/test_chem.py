@@ -294,3 +294,38 @@ def test_single_step_model_learns_templates_and_self_improvement_data(val_reacti
     assert len(products) == len(tpl_idx) >= len(solved)
     assert all(lib.templates[i] for i in tpl_idx)
     assert isinstance(solved[0], Route) and solved[0].to_dict()["target"] == solved[0].target
+
+
+def test_cli_retro_train_and_retro(tmp_path, capsys):
+    import gzip
+
+    from selfsup.cli import main
+
+    lines = gzip.open(CHEM / "uspto50k" / "raw_val.csv.gz", "rt").read().splitlines()[:201]
+    (tmp_path / "rx.csv").write_text("\n".join(lines) + "\n")
+    held = [r.product for r in read_reactions(tmp_path / "rx.csv")[100:120]]
+    mine = [r.product for r in read_reactions(tmp_path / "rx.csv")[:20]]
+    (tmp_path / "eval.txt").write_text("\n".join(held))
+    (tmp_path / "targets.txt").write_text("\n".join(mine))
+    out = tmp_path / "retro"
+    assert main(["chem", "retro-train", "--reactions", str(tmp_path / "rx.csv"), "--epochs", "20",
+                 "--rounds", "1", "--targets", str(tmp_path / "targets.txt"), "--eval-targets",
+                 str(tmp_path / "eval.txt"), "--expansions", "5", "--round-epochs", "2",
+                 "-o", str(out)]) == 0
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert [h["round"] for h in summary["history"]] == [0, 1]
+    assert (out / "round1" / "single_step.safetensors").exists()
+    bbs = set((out / "building_blocks.txt").read_text().split())
+    assert not bbs & {canonical(s) for s in held + mine}      # targets are never building blocks
+    capsys.readouterr()
+    # molecules the model was trained to make from building blocks: routes are found
+    codes = [main(["chem", "retro", t, "-m", str(out), "-o", str(tmp_path / f"r{i}.png")])
+             for i, t in enumerate(mine[:5])]
+    assert 0 in codes and set(codes) <= {0, 1}
+    i = codes.index(0)
+    assert (tmp_path / f"r{i}.png").exists() and (tmp_path / f"r{i}.json").exists()
+    assert "[building block]" in capsys.readouterr().out
+    assert main(["chem", "retro", "C1CC", "-m", str(out)]) == 2
+    assert main(["chem", "retro", "CCO", "-m", str(tmp_path / "nothing")]) == 2

@@ -9,7 +9,8 @@ from selfsup.cli import main
 
 @pytest.mark.parametrize("argv", [[], ["pretrain"], ["semisup"], ["eval"], ["list"], ["demo"],
                                   ["predict"], ["embed"], ["export"], ["fit"], ["report"],
-                                  ["chem"], ["chem", "design"], ["chem", "pretrain-apprentice"]])
+                                  ["chem"], ["chem", "design"], ["chem", "pretrain-apprentice"],
+                                  ["chem", "retro"], ["chem", "retro-train"]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv + ["--help"])

@@ -65,6 +65,42 @@ def add_parsers(sub) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=cmd_pretrain_apprentice)
 
+    rt = csub.add_parser("retro-train", help="train the single-step retrosynthesis model "
+                         "(and optionally improve it with its own routes)",
+                         description="Extract rdchiral templates from atom-mapped reactions, "
+                         "train the fingerprint-MLP single-step model, write OUT/templates.json, "
+                         "OUT/single_step.safetensors and OUT/building_blocks.txt (the reactant "
+                         "side of --reactions and --extra-reactions, minus every target). With "
+                         "--rounds R and --targets, run R rounds of self-improvement (search the "
+                         "targets, add the successful routes' reactions, retrain), measuring the "
+                         "success rate on --eval-targets; OUT/history.json has one row per round.")
+    rt.add_argument("--reactions", required=True, help="USPTO-style CSV: id,class,"
+                    "reactants>reagents>production (atom-mapped); the training reactions")
+    rt.add_argument("--extra-reactions", default=None, help="more reactions whose reactants "
+                    "are building blocks (not trained on)")
+    rt.add_argument("--targets", default=None, help="SMILES file: self-improvement targets")
+    rt.add_argument("--eval-targets", default=None, help="SMILES file: held-out targets")
+    rt.add_argument("--n-targets", type=int, default=200, help="targets read from each file")
+    rt.add_argument("--rounds", type=int, default=0)
+    rt.add_argument("--expansions", type=int, default=50, help="search budget per target")
+    rt.add_argument("--epochs", type=int, default=30)
+    rt.add_argument("--round-epochs", type=int, default=10, help="fine-tuning epochs per round")
+    rt.add_argument("--seed", type=int, default=0)
+    rt.add_argument("--out", "-o", required=True)
+    rt.add_argument("--overwrite", action="store_true")
+    rt.set_defaults(func=cmd_retro_train)
+
+    rr = csub.add_parser("retro", help="plan a route for one molecule",
+                         description="Best-first search down to the model's building blocks; "
+                         "prints the route tree and saves it as an image and JSON.")
+    rr.add_argument("smiles")
+    rr.add_argument("--model", "-m", required=True, help="a `selfsup chem retro-train` folder "
+                    "(or one of its roundN sub-folders)")
+    rr.add_argument("--expansions", type=int, default=100)
+    rr.add_argument("--max-depth", type=int, default=6)
+    rr.add_argument("--out", "-o", default="route.png", help="route image (JSON beside it)")
+    rr.set_defaults(func=cmd_retro)
+
 
 def _out_dir(path: str | None, overwrite: bool) -> Path:
     out = Path(path or f"runs/chem-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -223,3 +259,96 @@ def cmd_pretrain_apprentice(args) -> int:
     print(json.dumps(info, indent=1))
     return 0
 
+
+
+def _read_targets(path, n):
+    from .molecules import canonical, read_smiles
+
+    out = []
+    for s in read_smiles(path):
+        c = canonical(s)
+        if c and c not in out:
+            out.append(c)
+        if len(out) >= n:
+            break
+    return out
+
+
+def cmd_retro_train(args) -> int:
+    import torch
+
+    from .retro import (SingleStep, TemplateLibrary, building_blocks_from, read_reactions,
+                        self_improve, single_step_accuracy)
+
+    try:
+        torch.manual_seed(args.seed)
+        out = _out_dir(args.out, args.overwrite)
+        train = read_reactions(args.reactions)
+        extra = read_reactions(args.extra_reactions) if args.extra_reactions else []
+        if args.rounds and not (args.targets and args.eval_targets):
+            raise ChemError("--rounds needs --targets and --eval-targets (SMILES files)")
+        targets = _read_targets(args.targets, args.n_targets) if args.targets else []
+        eval_targets = _read_targets(args.eval_targets, args.n_targets) if args.eval_targets \
+            else []
+        overlap = set(targets) & set(eval_targets)
+        targets = [t for t in targets if t not in overlap]   # held-out stays held out
+    except (FileNotFoundError, ValueError) as e:
+        print(f"selfsup chem: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(train)} training reactions; extracting templates ...", file=sys.stderr)
+    lib, labels = TemplateLibrary.from_reactions(train)
+    products = [r.product for r in train]
+    model = SingleStep(lib)
+    losses = model.fit(products, labels, epochs=args.epochs, seed=args.seed)
+    bbs = building_blocks_from(train + extra, set(targets) | set(eval_targets))
+    model.save(out)
+    (out / "building_blocks.txt").write_text("\n".join(sorted(bbs)) + "\n")
+    info = {"reactions": len(train), "templates": len(lib),
+            "with_template": int(sum(x >= 0 for x in labels)), "building_blocks": len(bbs),
+            "final_loss": losses[-1]}
+    if extra:
+        info.update({f"extra_{k}": v for k, v in single_step_accuracy(model, extra[:500]).items()})
+    if args.rounds:
+        history = self_improve(model, products, labels, targets, eval_targets, bbs, args.rounds,
+                               args.expansions, args.round_epochs, args.seed,
+                               on_round=lambda row: print(json.dumps(row), file=sys.stderr),
+                               save_dir=out)
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+        info["history"] = history
+    (out / "summary.json").write_text(json.dumps(info, indent=1))
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def cmd_retro(args) -> int:
+    from .molecules import canonical
+    from .retro import SingleStep, draw_route, plan
+
+    try:
+        folder = Path(args.model)
+        model = SingleStep.load(folder)
+        bb_file = folder / "building_blocks.txt"
+        if not bb_file.exists():
+            bb_file = folder.parent / "building_blocks.txt"
+        if not bb_file.exists():
+            raise ChemError(f"{folder}: no building_blocks.txt beside the model")
+        bbs = set(bb_file.read_text().split())
+        if canonical(args.smiles) is None:
+            raise ChemError(f"{args.smiles!r} is not a valid SMILES")
+        route, stats = plan(args.smiles, model, bbs, args.expansions, args.max_depth)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"selfsup chem: error: {e}", file=sys.stderr)
+        return 2
+    if route is None:
+        print(f"no route found within {args.expansions} expansions ({stats['states']} partial "
+              f"routes searched)")
+        return 1
+    print(route.tree(bbs))
+    print(f"solved: {len(route.steps)} reactions, cost {route.cost:.2f}, "
+          f"{stats['expansions']} expansions")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    draw_route(route, out)
+    out.with_suffix(".json").write_text(json.dumps(route.to_dict(), indent=1))
+    print(f"route image: {out}")
+    return 0
