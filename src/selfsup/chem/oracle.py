@@ -78,14 +78,19 @@ class Oracle:
     def metrics(self) -> dict:
         """top-1, top-10 mean, and AUC of the top-10 mean vs calls over the whole budget (a
         run that stops early keeps its last value to the end, as PMO does), in [0, max score]."""
-        scores = np.array([s for _, s in self.history], dtype=float)
-        if len(scores) == 0:
-            return {"calls": 0, "top1": float("nan"), "top10_mean": float("nan"),
-                    "auc_top10": float("nan")}
-        curve = top_k_curve(scores, 10)
-        filled = np.concatenate([curve, np.full(self.budget - len(curve), curve[-1])])
-        return {"calls": int(len(scores)), "top1": float(scores.max()),
-                "top10_mean": float(curve[-1]), "auc_top10": float(filled.mean())}
+        return budget_metrics([s for _, s in self.history], self.budget)
+
+
+def budget_metrics(scores, budget: int) -> dict:
+    """The metrics of the first ``budget`` scores of a run (one run read at several budgets)."""
+    scores = np.asarray(list(scores)[:budget], dtype=float)
+    if len(scores) == 0:
+        return {"calls": 0, "top1": float("nan"), "top10_mean": float("nan"),
+                "auc_top10": float("nan")}
+    curve = top_k_curve(scores, 10)
+    filled = np.concatenate([curve, np.full(budget - len(curve), curve[-1])])
+    return {"calls": int(len(scores)), "top1": float(scores.max()),
+            "top10_mean": float(curve[-1]), "auc_top10": float(filled.mean())}
 
 
 def top_k_curve(scores: np.ndarray, k: int = 10) -> np.ndarray:
