@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from selfsup.chem.molecules import canonical, read_smiles
-from selfsup.chem.retro import (SingleStep, TemplateLibrary, building_blocks_from, read_reactions,
-                                self_improve, single_step_accuracy, success_rate)
+from selfsup.chem.planning import building_blocks_from, self_improve, success_rate
+from selfsup.chem.retro import SingleStep, TemplateLibrary, read_reactions, single_step_accuracy
 
 
 def main() -> None:

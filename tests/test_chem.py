@@ -210,9 +210,10 @@ def test_cli_pretrain_apprentice_resumes_and_design_writes_its_outputs(tmp_path,
 
 
 # --- retrosynthesis -----------------------------------------------------------------------------
-from selfsup.chem.retro import (Route, SingleStep, TemplateLibrary, apply_template,  # noqa: E402
-                                building_blocks_from, extract_template, plan, read_reactions,
-                                route_examples, single_step_accuracy)
+from selfsup.chem.planning import (Route, building_blocks_from, plan,  # noqa: E402
+                                   route_examples)
+from selfsup.chem.retro import (SingleStep, TemplateLibrary, apply_template,  # noqa: E402
+                                extract_template, read_reactions, single_step_accuracy)
 
 
 @pytest.fixture(scope="module")

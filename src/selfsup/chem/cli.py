@@ -277,8 +277,8 @@ def _read_targets(path, n):
 def cmd_retro_train(args) -> int:
     import torch
 
-    from .retro import (SingleStep, TemplateLibrary, building_blocks_from, read_reactions,
-                        self_improve, single_step_accuracy)
+    from .planning import building_blocks_from, self_improve
+    from .retro import SingleStep, TemplateLibrary, read_reactions, single_step_accuracy
 
     try:
         torch.manual_seed(args.seed)
@@ -322,7 +322,8 @@ def cmd_retro_train(args) -> int:
 
 def cmd_retro(args) -> int:
     from .molecules import canonical
-    from .retro import SingleStep, draw_route, plan
+    from .planning import draw_route, plan
+    from .retro import SingleStep
 
     try:
         folder = Path(args.model)
