@@ -36,7 +36,11 @@ def pretrained_apprentice(path: Path, corpus: list[str], steps: int, hidden: int
     torch.manual_seed(0)
     model = SmilesLSTM(Vocab.from_smiles(corpus), ApprenticeConfig(hidden_dim=hidden, layers=layers))
     t0 = time.time()
-    losses = train_mle(model, corpus, steps, 128, lr=1e-3, generator=torch.Generator().manual_seed(0))
+    def report(step: int, loss: float) -> None:
+        if step % 100 == 0:
+            print(f"apprentice step {step}/{steps} loss {loss:.3f} {time.time() - t0:.0f}s", flush=True)
+    losses = train_mle(model, corpus, steps, 128, lr=1e-3, generator=torch.Generator().manual_seed(0),
+                       progress=report)
     _, validity = sample_valid(model, 512, torch.Generator().manual_seed(0))
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
@@ -62,10 +66,15 @@ def main() -> None:
     ap.add_argument("--queue", type=int, default=512)
     ap.add_argument("--start-size", type=int, default=1000)
     ap.add_argument("--results", default="benchmarks/results/chem_design.jsonl")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pretrain-only", action="store_true",
+                    help="make the apprentice (if missing) and stop")
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     corpus = read_smiles(Path(a.chem) / "zinc250k.txt.gz")
     base = pretrained_apprentice(Path(a.apprentice), corpus, a.pretrain_steps, a.hidden, a.layers)
+    if a.pretrain_only:
+        return
     budget = max(a.budgets)
     for objective in a.objectives:
         for seed in a.seeds:

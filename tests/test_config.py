@@ -40,3 +40,17 @@ def test_switching_method_drops_the_presets_method_keys():
     cfg = load_config("simclr_digits", ["method.name=byol", "method.out_dim=64"])
     assert cfg.method == {"name": "byol", "out_dim": 64}
     assert load_config("simclr_digits").method_config().temperature == 0.2
+
+
+def test_method_keys_given_before_the_method_switch_are_kept():
+    """Only the preset's keys are dropped: the overrides' own method keys count in any order
+    (a benchmark listing shared method keys before method.name lost them silently)."""
+    before = load_config("dino_cifar10_cpu", ["method.out_dim=1024", "method.n_local_crops=0",
+                                              "method.name=selfpatch"])
+    after = load_config("dino_cifar10_cpu", ["method.name=selfpatch", "method.out_dim=1024",
+                                             "method.n_local_crops=0"])
+    assert before.method == after.method == {"name": "selfpatch", "out_dim": 1024,
+                                             "n_local_crops": 0}
+    assert before.method_config().out_dim == 1024
+    same = load_config("dino_cifar10_cpu", ["method.out_dim=1024", "method.name=dino"])
+    assert same.method["out_dim"] == 1024 and len(same.method) > 2   # same method: preset kept

@@ -203,12 +203,15 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | tuple =
                 raise ConfigError(f"{path}: section '{section}' must be a mapping")
             raw.setdefault(section, {}).update(values)
     parsed = [parse_override(text) + (text,) for text in overrides]
+    names = [value for section, name, value, _ in parsed if (section, name) == ("method", "name")]
+    if names and names[-1] != raw.get("method", {}).get("name", names[-1]):
+        # the preset's method keys belong to another method; the overrides' own method keys
+        # are kept whatever their order (method.out_dim=1024 method.name=dino == the reverse)
+        raw["method"] = {}
     for section, name, value, text in parsed:
         if section not in SECTIONS and section != "method":
             raise ConfigError(f"unknown section '{section}' in '{text}'; valid: "
                               f"{', '.join(['method', *SECTIONS])}")
-        if (section, name) == ("method", "name") and value != raw.get("method", {}).get("name", value):
-            raw["method"] = {}  # the preset's method keys belong to another method
         raw.setdefault(section, {})[name] = value
     cfg = RunConfig(method={"name": "simclr", **raw.get("method", {})},
                     **{s: _build(cls, raw.get(s, {}), s) for s, cls in SECTIONS.items()})
