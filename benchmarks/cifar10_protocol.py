@@ -25,8 +25,7 @@ import torch
 from selfsup.config import load_config
 from selfsup.evaluate.protocol import evaluate_encoder, evaluate_features, labeled_train_subset, \
     raw_pixel_features
-from selfsup.backbones.stages import StageEncoder
-from selfsup.pretrain import build_backbone, load_data, load_encoder, pretrain
+from selfsup.pretrain import build_backbone, load_data, load_encoder, pretrain, probe_encoder
 from selfsup.semisupervised import train_semisup
 
 BASE = "simclr_cifar10_cpu"
@@ -124,7 +123,7 @@ def main() -> None:
                      "seconds": time.time() - t0, "date": time.strftime("%Y-%m-%d %H:%M")}]
             for stage in STAGE_PROBES.get(name, ()):  # the same run, read at an earlier stage
                 encoder, _ = load_encoder(run_dir)
-                sev = evaluate_encoder(StageEncoder(encoder, stage), probe, test_ds, seed=seed)
+                sev = evaluate_encoder(probe_encoder(encoder, stage), probe, test_ds, seed=seed)
                 rows.append({"variant": f"{name}_stage{stage}", "seed": seed, "steps": a.steps,
                              **sev, "date": time.strftime("%Y-%m-%d %H:%M")})
             if name == "mae" and a.finetune_steps:  # MAE is judged by fine-tuning (and a
