@@ -28,6 +28,17 @@ LABELS = {
     "supcon_labeled": "SupCon, labels of the labeled split (1,000/class)",
     "ce_labeled": "cross-entropy, same 1,000 labels/class",
     "simclr_augself": "SimCLR + AugSelf (crop + colour, lambda 1)",
+    "rotnet": "RotNet (4 rotations)", "rotnet_stage2": "RotNet, read at stage 2",
+    "rotnet_stage3": "RotNet, read at stage 3", "jigsaw": "Jigsaw (3x3, 100 permutations)",
+    "jigsaw_stage3": "Jigsaw, stage 3", "relative_position": "relative patch position",
+    "relative_position_stage3": "relative patch position, stage 3",
+    "colorization": "colorization (L -> ab classes)", "colorization_stage3": "colorization, stage 3",
+    "inpainting": "context-encoder inpainting", "inpainting_stage3": "inpainting, stage 3",
+    "denoising_ae": "denoising autoencoder (25% masking)",
+    "denoising_ae_stage3": "denoising autoencoder, stage 3",
+    "vae": "VAE (beta 1)", "vae_stage3": "VAE, stage 3",
+    "mae": "MAE, ViT-Tiny/4 (linear probe: own backbone)",
+    "igpt": "iGPT-style masked colour tokens (16 px, own transformer)",
 }
 METHODS = ["random", "simclr", "mocov2", "byol", "simsiam", "simsiam_no_sg", "barlow_twins",
            "vicreg", "swav",
@@ -110,6 +121,10 @@ PRETEXT = ["random", "simclr", "rotnet", "rotnet_stage2", "rotnet_stage3", "jigs
            "denoising_ae_stage3", "vae", "vae_stage3", "mae", "igpt"]
 
 
+FT_LABELS = {"mae_finetune": "MAE-pretrained, fine-tuned",
+             "vit_scratch_finetune": "random init, same fine-tuning"}
+
+
 def pretext_table(by) -> None:
     if not any(v in by for v in PRETEXT[2:]):
         return
@@ -133,7 +148,7 @@ def pretext_table(by) -> None:
         print("|---|---|---|---|")
         for v, rs in ft.items():
             if rs:
-                print(f"| {v} | {','.join(str(r['seed']) for r in rs)} | "
+                print(f"| {FT_LABELS[v]} | {','.join(str(r['seed']) for r in rs)} | "
                       f"{fmt([r['finetune_acc'] for r in rs])} | "
                       f"{fmt([r['finetune_acc_at_best_val'] for r in rs])} |")
 
