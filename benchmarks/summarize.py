@@ -113,6 +113,7 @@ def main() -> None:
     pretext_table(by)
     semisup_tables()
     issue6_tables()
+    chem_tables()
 
 
 PRETEXT = ["random", "simclr", "rotnet", "rotnet_stage2", "rotnet_stage3", "jigsaw",
@@ -267,6 +268,59 @@ def issue6_tables() -> None:
                 print(f"| {name} | {','.join(str(r['seed']) for r in rs)} | "
                       f"{fmt([r['patch_acc'] for r in rs])} | {fmt([r['patch_miou'] for r in rs])} | "
                       f"{f'{np.mean(ips):.0f}' if ips else '–'} |")
+
+
+def _mean_std(values, scale: float = 1.0, digits: int = 3) -> str:
+    v = np.array(values, dtype=float) * scale
+    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
+
+
+CHEM_METHODS = {"gegl": "GEGL (apprentice + GA expert)", "ga": "graph GA alone",
+                "apprentice": "apprentice hill-climbing alone", "random": "apprentice sampling, no training"}
+
+
+def chem_tables() -> None:
+    design = _latest("benchmarks/results/chem_design.jsonl",
+                     lambda r: (r["objective"], r["method"], r["budget"], r["seed"]))
+    if design:
+        print("\n**GEGL vs its baselines at equal oracle budgets** (mean ± std over seeds; "
+              "AUC: mean top-10 score over the calls so far, averaged over the budget)\n")
+        print("| objective | calls | method | seeds | top-1 | top-10 mean | AUC top-10 |")
+        print("|---|---|---|---|---|---|---|")
+        for obj in dict.fromkeys(k[0] for k in design):
+            for b in sorted({k[2] for k in design if k[0] == obj}):
+                for m, name in CHEM_METHODS.items():
+                    rs = [r for k, r in sorted(design.items()) if k[:3] == (obj, m, b)]
+                    if rs:
+                        print(f"| {obj} | {b} | {name} | {','.join(str(r['seed']) for r in rs)} | "
+                              f"{_mean_std([r['top1'] for r in rs])} | "
+                              f"{_mean_std([r['top10_mean'] for r in rs])} | "
+                              f"{_mean_std([r['auc_top10'] for r in rs])} |")
+    retro = _latest("benchmarks/results/chem_retro.jsonl",
+                    lambda r: (r["kind"], r["seed"], r.get("round")))
+    single = [r for k, r in sorted(retro.items()) if k[0] == "single_step"]
+    if single:
+        r0 = single[0]
+        print(f"\n**Single-step retrosynthesis** (fingerprint MLP over {r0['templates']} templates "
+              f"from the {r0['train_reactions']} validation reactions; USPTO-50k test split)\n")
+        print("| test reactions | seeds | top-1 % | top-10 % |")
+        print("|---|---|---|---|")
+        for n in sorted({r["test_reactions"] for r in single}, reverse=True):
+            rs = [r for r in single if r["test_reactions"] == n]
+            print(f"| {n} | {','.join(str(r['seed']) for r in rs)} | "
+                  f"{_mean_std([r['top1'] for r in rs], 100, 1)} | "
+                  f"{_mean_std([r['top10'] for r in rs], 100, 1)} |")
+    rounds = sorted({k[2] for k in retro if k[0] in ("self_improve", "control")})
+    if rounds:
+        print("\n**Planning success on held-out targets** (same expansion budget; % solved)\n")
+        print("| round | seeds | self-improved % | control (same fine-tuning, original data) % |")
+        print("|---|---|---|---|")
+        for rd in rounds:
+            si = [r for k, r in sorted(retro.items()) if k[0] == "self_improve" and k[2] == rd]
+            co = [r for k, r in sorted(retro.items()) if k[0] == "control" and k[2] == rd]
+            print(f"| {rd} | {','.join(str(r['seed']) for r in si)} | "
+                  f"{_mean_std([r['eval_success'] for r in si], 100, 1) if si else '–'} | "
+                  f"{_mean_std([r['eval_success'] for r in co], 100, 1) if co else '–'} |")
 
 
 if __name__ == "__main__":
