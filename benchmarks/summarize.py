@@ -54,9 +54,13 @@ TABLES = {
 }
 
 
+def _mean_std(values, scale: float = 1.0, digits: int = 3) -> str:
+    v = np.array(values, dtype=float) * scale
+    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
+
+
 def fmt(values) -> str:
-    v = np.array(values) * 100
-    return f"{v.mean():.1f} ± {v.std():.1f}"
+    return _mean_std(values, 100, 1)
 
 
 def main() -> None:
@@ -268,11 +272,6 @@ def issue6_tables() -> None:
                 print(f"| {name} | {','.join(str(r['seed']) for r in rs)} | "
                       f"{fmt([r['patch_acc'] for r in rs])} | {fmt([r['patch_miou'] for r in rs])} | "
                       f"{f'{np.mean(ips):.0f}' if ips else '–'} |")
-
-
-def _mean_std(values, scale: float = 1.0, digits: int = 3) -> str:
-    v = np.array(values, dtype=float) * scale
-    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
 
 
 CHEM_METHODS = {"gegl": "GEGL (apprentice + GA expert)", "ga": "graph GA alone",
