@@ -55,6 +55,7 @@ def split_labeled(ds: ImageDataset, labels_per_class: int | None, val_per_class:
     visible = np.full(len(ds), -1, np.int64)
     visible[chosen] = labels[chosen]
     train.labels = visible[keep]
+    train.hidden_labels = labels[keep].copy()   # diagnostics only (pseudo-label accuracy)
     val = ds.subset(val_idx) if len(val_idx) else None
     record = {"labels_per_class": labels_per_class, "val_per_class": val_per_class, "seed": seed,
               "labeled_names": [ds.names[i] for i in chosen],

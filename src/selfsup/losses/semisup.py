@@ -2,7 +2,8 @@
 
 References: Lee (2013) Pseudo-Label; Oliver et al. (2018) thresholded pseudo-labelling baseline;
 Sohn et al. (2020) FixMatch; Hinton et al. (2015) distillation; Xie et al. (2020) UDA;
-Pham et al. (2021) Meta Pseudo Labels.
+Pham et al. (2021) Meta Pseudo Labels; Zhang et al. (2021) FlexMatch; Wang et al. (2023) FreeMatch.
+Losses compute in their input's precision (float64 checks run in float64).
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def pseudo_label_loss(logits_target: torch.Tensor, logits_pred: torch.Tensor,
     the masked CE averaged over **all** N samples (FixMatch, Sec. 3.2), not over the kept ones.
     """
     with torch.no_grad():
-        probs = logits_target.detach().float().softmax(dim=1)
+        probs = logits_target.detach().softmax(dim=1)
         conf, target = probs.max(dim=1)
-        mask = (conf >= threshold).float()
+        mask = (conf >= threshold).to(probs.dtype)
     ce = F.cross_entropy(logits_pred, target, reduction="none")
     return (ce * mask).mean(), mask
 
@@ -75,13 +76,13 @@ def soft_target_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 def uda_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, temperature: float = 0.7,
              threshold: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
     """UDA's consistency loss (Xie et al., 2020) as used by Meta Pseudo Labels: targets are the
-    weak view's softmax sharpened with ``temperature`` (detached), kept where the (unsharpened)
-    confidence is >= ``threshold``; soft CE against the strong view, averaged over all samples.
+    weak view's softmax sharpened with ``temperature`` (detached), kept where the largest
+    *sharpened* probability is >= ``threshold`` (as google-research/meta_pseudo_labels
+    ``build_uda_cross_entropy`` does); soft CE against the strong view, averaged over all samples.
     Shapes [N, C]; returns (loss, mask)."""
     with torch.no_grad():
-        conf = logits_weak.detach().float().softmax(dim=1).max(dim=1).values
-        target = (logits_weak.detach().float() / temperature).softmax(dim=1)
-        mask = (conf >= threshold).float()
+        target = (logits_weak.detach() / temperature).softmax(dim=1)
+        mask = (target.max(dim=1).values >= threshold).to(target.dtype)
     ce = -(target * F.log_softmax(logits_strong, dim=1)).sum(dim=1)
     return (ce * mask).mean(), mask
 
@@ -93,3 +94,85 @@ def mpl_feedback(loss_labeled_old: torch.Tensor, loss_labeled_new: torch.Tensor)
     h = L_l(old student) - L_l(new student). h > 0 (the pseudo-labels helped) makes the teacher
     loss h * CE(y_hat, T(x_u)) *reinforce* y_hat. (kekmodel/MPL-pytorch uses new - old.)"""
     return (loss_labeled_old - loss_labeled_new).detach()
+
+
+def flexmatch_thresholds(selected: torch.Tensor, num_classes: int, threshold: float = 0.95,
+                         warmup: bool = True) -> torch.Tensor:
+    """FlexMatch's class-wise thresholds (Zhang et al., 2021, Eq. 6-11).
+
+    selected: [N] long, for every image of the unlabeled pool the last pseudo-label whose
+    confidence passed ``threshold`` (-1: none yet). sigma(c) = #{n: selected[n] = c} is class c's
+    learning effect; beta(c) = sigma(c) / max(max_c sigma, N - sum_c sigma) with the threshold
+    warm-up (``warmup``: the unused images count as a class, so early thresholds stay low) or
+    sigma(c) / max_c sigma without; T(c) = M(beta(c)) * threshold with the convex mapping
+    M(x) = x / (2 - x). Returns [num_classes]."""
+    used = selected[selected >= 0]
+    sigma = torch.bincount(used, minlength=num_classes)[:num_classes].to(torch.float64)
+    unused = float((selected < 0).sum())
+    denom = max(float(sigma.max()) if len(sigma) else 0.0, unused if warmup else 0.0)
+    beta = sigma / denom if denom > 0 else torch.zeros_like(sigma)
+    return (threshold * beta / (2.0 - beta)).to(torch.get_default_dtype())
+
+
+def class_threshold_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor,
+                         thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch's loss with a threshold per predicted class (FlexMatch, FreeMatch):
+    (1/N) sum_n 1[max q_n >= T(argmax q_n)] CE(argmax q_n, strong_n), q = softmax(weak logits).
+    Shapes [N, C] and [C]; returns (loss, mask [N])."""
+    with torch.no_grad():
+        probs = logits_weak.detach().softmax(dim=1)
+        conf, target = probs.max(dim=1)
+        mask = (conf >= thresholds.to(conf.dtype)[target]).to(conf.dtype)
+    ce = F.cross_entropy(logits_strong, target, reduction="none")
+    return (ce * mask).mean(), mask
+
+
+def freematch_ema(time_p: torch.Tensor, p_model: torch.Tensor, label_hist: torch.Tensor,
+                  probs_weak: torch.Tensor, momentum: float = 0.999
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FreeMatch's self-adaptive threshold state after one batch (Wang et al., 2023, Eq. 5-7):
+    tau_t = m tau_{t-1} + (1 - m) mean_b max q_b (global), p~_t = m p~_{t-1} + (1 - m) mean_b q_b
+    (local, per class), h_t = m h_{t-1} + (1 - m) hist(argmax q_b) (pseudo-label histogram,
+    for the fairness loss). Initial values: tau = 1/C, p~ = h = 1/C. probs_weak [N, C]."""
+    m = momentum
+    q = probs_weak.detach()
+    hist = torch.bincount(q.argmax(dim=1), minlength=q.shape[1]).to(q.dtype)
+    return (m * time_p + (1 - m) * q.max(dim=1).values.mean(),
+            m * p_model + (1 - m) * q.mean(dim=0),
+            m * label_hist + (1 - m) * hist / hist.sum())
+
+
+def freematch_thresholds(time_p: torch.Tensor, p_model: torch.Tensor) -> torch.Tensor:
+    """tau_t(c) = MaxNorm(p~_t)(c) * tau_t (FreeMatch, Eq. 8). Returns [C]."""
+    return p_model / p_model.max() * time_p
+
+
+def freematch_fairness_loss(logits_strong: torch.Tensor, mask: torch.Tensor,
+                            p_model: torch.Tensor, label_hist: torch.Tensor) -> torch.Tensor:
+    """FreeMatch's self-adaptive fairness loss (Eq. 11): L_f = -H(SumNorm(p~/h), SumNorm(p_s/h_s))
+    = sum_c a_c log b_c, with a = SumNorm(p~_t / h_t) from the EMA state and, over the strong views
+    that pass the mask, p_s their mean softmax and h_s the histogram of their argmax
+    (b = SumNorm(p_s / h_s); classes with no prediction get weight 0). Zero when no view passes."""
+    keep = mask.bool()
+    if not keep.any():
+        return logits_strong.sum() * 0.0
+    prob_s = logits_strong[keep].softmax(dim=1)
+    c = prob_s.shape[1]
+    hist_s = torch.bincount(prob_s.detach().argmax(dim=1), minlength=c).to(prob_s.dtype)
+    hist_s = hist_s / hist_s.sum()
+
+    def inv(t):
+        return torch.where(t > 0, 1.0 / t.clamp_min(1e-30), torch.zeros_like(t))
+
+    a = p_model.detach().to(prob_s.dtype) * inv(label_hist.detach().to(prob_s.dtype))
+    a = a / a.sum()
+    b = prob_s.mean(dim=0) * inv(hist_s)
+    b = b / b.sum()
+    return (a * torch.log(b + 1e-12)).sum()
+
+
+def moving_baseline(baseline: torch.Tensor, value: torch.Tensor, rate: float = 0.01
+                    ) -> torch.Tensor:
+    """The moving average that Meta Pseudo Labels subtracts from its feedback (official code:
+    ``moving_dot_product -= 0.01 * (moving_dot_product - dot_product)``): b + rate (value - b)."""
+    return baseline + rate * (value.detach() - baseline)

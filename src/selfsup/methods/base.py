@@ -26,6 +26,9 @@ from torch import nn
 class BatchInfo:
     index: torch.Tensor   # [B] dataset indices of the images in this batch
     label: torch.Tensor   # [B] class indices, -1 where unlabeled
+    # [B] the true classes where the dataset knows them (-1 elsewhere), never used for training:
+    # semi-supervised methods log their pseudo-labels' accuracy against it (diagnostics only)
+    hidden: torch.Tensor | None = None
 
 
 @dataclass

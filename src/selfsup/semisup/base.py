@@ -29,6 +29,28 @@ class Classifier(nn.Module):
         return self.fc(self.dropout(self.backbone(x)))
 
 
+def pseudo_label_accuracy(targets: torch.Tensor, mask: torch.Tensor | None, batch, n_l: int,
+                          prefix: str = "pl") -> dict[str, float]:
+    """Diagnostics: the accuracy of the pseudo-labels ``targets`` (one per unlabeled image of the
+    batch) against the true labels the loop passes in ``batch.hidden`` (never used for training),
+    over every unlabeled image (``pl_acc``) and over those the mask keeps (``pl_acc_masked``).
+    Empty when the true labels are unknown."""
+    hidden = getattr(batch, "hidden", None)
+    if hidden is None:
+        return {}
+    truth = hidden[n_l:n_l + len(targets)]
+    known = truth >= 0
+    if not bool(known.any()):
+        return {}
+    right = (targets.detach() == truth) & known
+    out = {f"{prefix}_acc": float(right.sum()) / float(known.sum())}
+    if mask is not None:
+        kept = mask.bool() & known
+        if bool(kept.any()):
+            out[f"{prefix}_acc_masked"] = float((right & kept).sum()) / float(kept.sum())
+    return out
+
+
 def make_augment(view_cfg=None, ra_ops: int = 2, cutout: float = 0.5) -> WeakStrong:
     """Weak/strong views; the flip probability comes from the run's ``augment`` section (set
     ``augment.flip_p=0`` for data where a mirror image is another class, e.g. digits)."""

@@ -6,6 +6,9 @@ Loss = CE(labeled, weak) + lambda_u * (1/(mu B)) sum 1[max q >= tau] CE(argmax q
 Recipe (reference A.0): tau 0.95, lambda_u 1, mu 7, B 64, SGD Nesterov lr 0.03, wd 5e-4 on
 weights only, lr cos(7 pi k / 16 K), EMA 0.999 for evaluation, WRN-28-2. Labeled, weak and strong
 batches go through the network together so BatchNorm sees all of them (``use_cat``).
+
+FlexMatch and FreeMatch (``flexmatch.py``, ``freematch.py``) share this step and replace only
+``unlabeled_loss``: how the threshold is chosen.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import nn
 from ..losses.semisup import fixmatch_loss
 from ..methods import METHODS
 from ..methods.base import StepOutput
-from .base import Classifier, SemiSupervisedMethod, make_augment
+from .base import Classifier, SemiSupervisedMethod, make_augment, pseudo_label_accuracy
 
 
 @dataclass
@@ -55,7 +58,14 @@ class FixMatch(SemiSupervisedMethod):
         logits_l = logits[:n_l]
         logits_w, logits_s = logits[n_l:n_l + n_u], logits[n_l + n_u:]
         loss_l = F.cross_entropy(logits_l, y)
+        loss_u, mask, logs = self.unlabeled_loss(logits_w, logits_s, batch, n_l)
+        loss = loss_l + self.cfg.lambda_u * loss_u + logs.pop("_extra_loss", 0.0)
+        logs = {"loss": loss.item(), "loss_l": loss_l.item(), "loss_u": loss_u.item(),
+                "mask": mask.mean().item(), **logs}
+        logs.update(pseudo_label_accuracy(logits_w.detach().argmax(1), mask, batch, n_l))
+        return StepOutput(loss, logs)
+
+    def unlabeled_loss(self, logits_w, logits_s, batch, n_l):
+        """(loss, mask, logs) of the unlabeled batch: FixMatch's fixed threshold."""
         loss_u, mask = fixmatch_loss(logits_w, logits_s, self.cfg.threshold)
-        loss = loss_l + self.cfg.lambda_u * loss_u
-        return StepOutput(loss, {"loss": loss.item(), "loss_l": loss_l.item(),
-                                 "loss_u": loss_u.item(), "mask": mask.mean().item()})
+        return loss_u, mask, {}

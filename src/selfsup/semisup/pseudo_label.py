@@ -23,7 +23,7 @@ from torch import nn
 from ..losses.semisup import lee2013_alpha, linear_rampup, pseudo_label_loss
 from ..methods import METHODS
 from ..methods.base import StepOutput
-from .base import Classifier, SemiSupervisedMethod, make_augment
+from .base import Classifier, SemiSupervisedMethod, make_augment, pseudo_label_accuracy
 
 
 @dataclass
@@ -77,6 +77,7 @@ class PseudoLabel(SemiSupervisedMethod):
         loss_u, mask = pseudo_label_loss(logits[n_l:], logits[n_l:], thr)
         w = self.unsup_weight(progress)
         loss = loss_l + w * loss_u
-        return StepOutput(loss, {"loss": loss.item(), "loss_l": loss_l.item(),
-                                 "loss_u": loss_u.item(), "unsup_weight": w,
-                                 "mask": mask.mean().item()})
+        logs = {"loss": loss.item(), "loss_l": loss_l.item(), "loss_u": loss_u.item(),
+                "unsup_weight": w, "mask": mask.mean().item()}
+        logs.update(pseudo_label_accuracy(logits[n_l:].detach().argmax(1), mask, batch, n_l))
+        return StepOutput(loss, logs)

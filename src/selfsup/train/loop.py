@@ -166,6 +166,9 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     resident = dataset.images.nbytes <= 2 * 1024 ** 3
     images = dataset.batch(np.arange(n)).to(device) if resident else None
     labels = torch.from_numpy(dataset.labels).to(device)
+    # the true classes of the training images where known (semi-supervised diagnostics only)
+    hidden_np = getattr(dataset, "hidden_labels", None)
+    hidden = torch.from_numpy(hidden_np).to(device) if semi and hidden_np is not None else None
 
     def save(at_step: int) -> None:
         rngs = all_gather_object(rng_state())  # every rank's, so a resume continues each one
@@ -205,7 +208,8 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         y = labels[idx_t]
         if semi:  # the unlabeled stream never sees labels, even of images that have one
             y = torch.cat([y[:lbs], torch.full_like(y[lbs:], -1)])
-        info = BatchInfo(index=idx_t, label=y)
+        info = BatchInfo(index=idx_t, label=y,
+                         hidden=hidden[idx_t] if hidden is not None else None)
         views = method.views(x, info) if semi else method.views(x)
         if channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
