@@ -8,6 +8,15 @@ end, the median of the last 5 evaluations (every 50 steps) and at the best valid
 
     python benchmarks/cifar10_semisup.py --data PATH/cifar10-jpeg.tar.gz --labels 4 25 --seeds 0 1
 
+Protocol v2 (``--v2``: 2,000 steps, evaluation every 200, results in
+``benchmarks/results/cifar10_semisup_v2.jsonl``): every variant with the same weak augmentation,
+optimizer, EMA and budget; each row also carries the learning curve (test accuracy at every
+evaluation) and, for thresholded methods, the mask rate and the pseudo-labels' accuracy against
+the hidden true labels averaged over the last 10% of the steps.
+
+    python benchmarks/cifar10_semisup.py --v2 --data PATH/cifar10-jpeg.tar.gz --labels 25 \
+        --seeds 0 1 2 --only supervised fixmatch flexmatch freematch pl_oliver2018 mpl
+
 Variants: supervised (labels only), pl_lee2013, pl_oliver2018, fixmatch, noisy_student (teacher =
 labels only, then 2 noised student rounds), mpl (+ 100 fine-tuning steps on the labels),
 simclr_finetune and simclr_fixmatch (start from the SimCLR encoder of the CPU protocol, see
@@ -36,10 +45,12 @@ VARIANTS = {
                    "method.t1=0.15", "method.t2=0.6"],
     "pl_oliver2018": ["method.name=pseudo_label", "method.schedule=oliver2018", "method.uratio=4"],
     "fixmatch": [],
+    "flexmatch": ["method.name=flexmatch"],
+    "freematch": ["method.name=freematch"],
     "noisy_student": ["method.name=noisy_student", "method.uratio=4", "method.per_class=1000"],
-    # the paper lets the teacher learn alone for 3k steps (1% of 300k) before the student starts;
-    # 1% of 300 steps is 3 steps of a random teacher, so the student waits 30% of the run here
-    "mpl": ["method.name=mpl", "method.uratio=4", "method.student_wait=0.3"],
+    # the paper lets the teacher learn alone for 3k steps before the student starts; here the
+    # student waits method.student_wait_steps (100) and UDA ramps over method.uda_steps (300)
+    "mpl": ["method.name=mpl", "method.uratio=4"],
     "simclr_finetune": ["method.name=supervised"],
     "simclr_fixmatch": [],
     "distill": ["method.name=distill", "method.uratio=4"],
@@ -57,6 +68,27 @@ def simclr_run(simclr_dir: Path, data: str, seed: int) -> Path:
     return run
 
 
+def diagnostics(run: Path) -> dict:
+    """The learning curve (step, test accuracy) and, where logged, the mask rate and pseudo-label
+    accuracy (against the hidden true labels) averaged over the last 10% of the steps."""
+    out: dict = {}
+    hist = run / "eval_history.json"
+    metrics = run / "metrics.jsonl"
+    if metrics.exists():
+        rows = [json.loads(r) for r in metrics.read_text().splitlines() if r.strip()]
+        evals = [r for r in rows if r.get("kind") == "eval" and "test_acc" in r]
+        out["curve"] = [[r["step"], r["test_acc"]] for r in evals]
+        train = [r for r in rows if r.get("kind") == "train"]
+        tail = train[-max(1, len(train) // 10):]
+        for k in ("mask", "pl_acc", "pl_acc_masked", "h", "tau", "thr_mean"):
+            vals = [r[k] for r in tail if k in r]
+            if vals:
+                out[f"{k}_last10"] = round(sum(vals) / len(vals), 4)
+    elif hist.exists():
+        out["curve"] = [h.get("test_acc") for h in json.loads(hist.read_text())]
+    return out
+
+
 def row(variant: str, labels: int, seed: int, summary: dict, seconds: float, **extra) -> dict:
     keys = ("test_acc_final", "test_acc_median_last", "test_acc_at_best_val", "val_acc_best",
             "images_per_s", "n_labeled", "steps")
@@ -72,12 +104,21 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--only", nargs="+", default=None, choices=list(VARIANTS))
     ap.add_argument("--steps", type=int, default=None, help="override the preset's 500 steps")
+    ap.add_argument("--v2", action="store_true", help="protocol v2: 2,000 steps, evaluation "
+                    "every 200, its own results file and run folder")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="more overrides for every run (e.g. train.eval_every=50)")
     ap.add_argument("--out-dir", default="runs/cifar10_semisup")
     ap.add_argument("--simclr-dir", default="runs/cifar10_protocol")
     ap.add_argument("--results", default="benchmarks/results/cifar10_semisup.jsonl")
     a = ap.parse_args()
+    if a.v2:
+        a.steps = a.steps or 2000
+        a.set = ["train.eval_every=200", "train.checkpoint_every=500"] + list(a.set)
+        if a.results == ap.get_default("results"):
+            a.results = "benchmarks/results/cifar10_semisup_v2.jsonl"
+        if a.out_dir == ap.get_default("out_dir"):
+            a.out_dir = "runs/cifar10_semisup_v2"
     torch.set_num_threads(2)
     res = Path(a.results)
     res.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +148,8 @@ def main() -> None:
                     continue
                 if name == "mpl":
                     _, s = mpl_with_finetune(load_config(BASE, over), 100, run_dir=out)
-                    emit(row("mpl_no_finetune", lpc, seed, s["mpl"], time.time() - t0))
+                    emit(row("mpl_no_finetune", lpc, seed, s["mpl"], time.time() - t0,
+                             **diagnostics(out / "mpl")))
                     emit(row("mpl", lpc, seed, s["finetune"], time.time() - t0))
                     continue
                 init = None
@@ -123,7 +165,7 @@ def main() -> None:
                     t0 = time.time() - s.get("train_seconds", 0.0)
                 else:
                     _, s = train_semisup(load_config(BASE, over), out, init=init)
-                emit(row(name, lpc, seed, s, time.time() - t0,
+                emit(row(name, lpc, seed, s, time.time() - t0, **diagnostics(out),
                          **({"init": str(init)} if init else {})))
 
 

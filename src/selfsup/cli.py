@@ -60,10 +60,18 @@ def _cmd_fit(args) -> int:
               "ssl_steps": args.ssl_steps, "steps": args.steps, "ssl_method": args.ssl_method,
               "semisup_method": args.semisup_method}
     summary = fit(args.labeled, args.out, unlabeled=args.unlabeled, test=args.test,
-                  budget=args.budget, overrides=args.overrides, forced=forced, seed=args.seed)
+                  budget=args.budget, overrides=args.overrides, forced=forced, seed=args.seed,
+                  overwrite=args.overwrite)
     print(json.dumps(summary, indent=1))
-    print(f"model: {summary['model']}  (selfsup predict {args.out}/classifier PATH..., "
-          f"selfsup export {args.out}/classifier)")
+    h = summary.get("headline")
+    if h:
+        lo, hi = h["test_acc_95ci"]
+        print(f"test accuracy {100 * h['test_acc']:.1f}% (95% interval {100 * lo:.1f}-"
+              f"{100 * hi:.1f}%), balanced {100 * h['balanced_acc']:.1f}%, majority class "
+              f"{100 * h['majority_rate']:.1f}%")
+    print(f"kept: {summary['comparison']['kept']} ({summary['comparison']['reason']})")
+    print(f"model: {summary['model']}\nnext: selfsup predict {args.out}/classifier PATH... ; "
+          f"selfsup export {args.out}/classifier -o {args.out}/export")
     return 0
 
 
@@ -161,7 +169,12 @@ def _cmd_eval(args) -> int:
 def _cmd_list(args) -> int:
     if args.what == "methods":
         from .methods import METHODS
-        names = METHODS.names()
+        semi = [n for n in METHODS.names() if getattr(METHODS.get(n), "semi_supervised", False)]
+        print("self-supervised (selfsup pretrain):")
+        print("\n".join(f"  {n}" for n in METHODS.names() if n not in semi))
+        print("semi-supervised (selfsup semisup, selfsup fit --semisup-method):")
+        print("\n".join(f"  {n}" for n in semi))
+        return 0
     elif args.what == "backbones":
         from . import backbones
         names = backbones.names()
@@ -191,11 +204,12 @@ def _float_list(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised learning from "
-                                "unlabeled images: pretrain, semi-supervised training, evaluate, "
-                                "demo.")
+    p = argparse.ArgumentParser(prog="selfsup", description="Learn from unlabeled images. "
+                                "Start with `selfsup fit LABELED --unlabeled PHOTOS` (a classifier "
+                                "in one command), then predict/export/report; pretrain, semisup "
+                                "and eval for research; chem for molecules; demo to try it.")
     p.add_argument("--version", action="version", version=f"selfsup {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     pt = sub.add_parser("pretrain", help="self-supervised pretraining of an encoder",
                         description="Pretrain an encoder. Writes a run directory with the "
@@ -261,9 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Look at the data, choose a recipe (input size, backbone, "
                         "steps; printed and saved in OUT/choices.json), pretrain SimCLR on every "
                         "image, train FixMatch from it on the labels (labels-only fine-tuning if "
-                        "there are no unlabeled images), evaluate on a 20%% validation split held "
-                        "out per class (and on --test), and write OUT/ with pretrain/, "
-                        "classifier/model.safetensors and summary.json.")
+                        "there are no unlabeled images) and labels-only fine-tuning beside it, keep "
+                        "whichever is more accurate on a validation split held out per class "
+                        "(20 percent; none when a class has fewer than 5 labels), evaluate on "
+                        "--test, and write OUT/ with pretrain/, candidates/, "
+                        "classifier/model.safetensors (the kept model, with calibration.json "
+                        "for predict's uncertainty flag), summary.json and report.html. "
+                        "Re-running the same command resumes; nothing is written before the "
+                        "inputs are checked.")
     ft.add_argument("labeled", help="folder with one sub-folder per class, a .tar.gz of it, or a "
                     "CSV of path,label")
     ft.add_argument("--unlabeled", "-u", default=None, help="folder/archive of unlabeled images")
@@ -271,13 +290,22 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--budget", default=None, help="time budget, e.g. 30m, 2h, 90s (default: a "
                     "fixed recipe from the data size)")
     ft.add_argument("--out", "-o", default="runs/fit", help="output folder (default runs/fit)")
-    ft.add_argument("--image-size", type=int, default=None)
-    ft.add_argument("--backbone", default=None)
-    ft.add_argument("--ssl-method", default=None)
-    ft.add_argument("--semisup-method", default=None)
-    ft.add_argument("--ssl-steps", type=int, default=None)
+    ft.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier fit in --out (only a folder fit wrote)")
+    ft.add_argument("--image-size", type=int, default=None,
+                    help="training resolution in pixels (default: 32 for small images, 64 on CPU, "
+                    "96 on GPU)")
+    ft.add_argument("--backbone", default=None,
+                    help="encoder architecture (selfsup list backbones; default convnet on CPU, "
+                    "resnet18 on GPU)")
+    ft.add_argument("--ssl-method", default=None,
+                    help="self-supervised method of stage 1 (default simclr)")
+    ft.add_argument("--semisup-method", default=None,
+                    help="semi-supervised method of stage 2 (default fixmatch when there are "
+                    "unlabeled images; e.g. flexmatch, freematch, supervised)")
+    ft.add_argument("--ssl-steps", type=int, default=None, help="pretraining steps")
     ft.add_argument("--steps", type=int, default=None, help="semi-supervised steps")
-    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
     ft.add_argument("overrides", nargs="*", help="key=value overrides applied to both stages")
     ft.set_defaults(func=_cmd_fit)
 
@@ -301,12 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("paths", nargs="+", help="image files, folders or .tar/.tar.gz archives")
     pr.add_argument("--out", "-o", default="predictions.csv", help="CSV to write "
                     "(default predictions.csv; an existing file is kept unless --overwrite)")
-    pr.add_argument("--top-k", type=int, default=3)
-    pr.add_argument("--low-confidence", type=float, default=0.5,
-                    help="flag predictions whose confidence is below this (default 0.5)")
-    pr.add_argument("--batch-size", type=int, default=256)
-    pr.add_argument("--device", default="cpu")
-    pr.add_argument("--overwrite", action="store_true")
+    pr.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
+    pr.add_argument("--low-confidence", type=float, default=None,
+                    help="flag predictions whose confidence is below this (default: the rule "
+                    "calibrated on held-out images in the model's calibration.json, else "
+                    "(1 + 1/classes) / 2)")
+    pr.add_argument("--batch-size", type=int, default=256, help="images per batch")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --out CSV")
     pr.set_defaults(func=_cmd_predict)
 
     em = sub.add_parser("embed", help="write the encoder's embeddings of images (.npz)",
@@ -334,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true")
     ex.set_defaults(func=_cmd_export)
 
-    ls = sub.add_parser("list", help="list registered methods, backbones, datasets or presets")
+    ls = sub.add_parser("list", help="list registered methods, backbones, datasets or presets",
+                        description="methods are listed by kind: self-supervised (selfsup "
+                        "pretrain) and semi-supervised (selfsup semisup, fit --semisup-method)")
     ls.add_argument("what", choices=["methods", "backbones", "datasets", "presets"])
     ls.set_defaults(func=_cmd_list)
 
@@ -357,6 +389,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     # overrides may come before or after options (argparse stops positionals at an option)
     args, extra = parser.parse_known_args(argv)
+    if getattr(args, "func", None) is None:     # bare `selfsup` (or `selfsup chem`): help
+        (getattr(args, "_parser", None) or parser).print_help()
+        return 0
     if extra:
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -71,6 +71,8 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     threads: int | None = None       # torch CPU threads (None = torch's default)
     checkpoint_every: int = 500
+    checkpoint_seconds: float = 120.0  # also checkpoint when this much time passed (0 = off)
+    time_limit: float = 0.0          # seconds: end the run at the first step past it (0 = none)
     log_every: int = 10
     eval_every: int | None = None    # steps between monitor evals; None = once per epoch
     out_dir: str | None = None       # default runs/<method>-<timestamp>

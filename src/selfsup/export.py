@@ -7,6 +7,7 @@ onnxruntime on real images; the maximum absolute difference is reported (and mus
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -54,68 +55,141 @@ def _add_metadata(path: Path, meta: dict) -> None:
     onnx.save(m, str(path))
 
 
+def preprocessing(decode_size: int, input_size: int) -> dict:
+    """How ``predict`` turns a file into the model's input, step by step, exactly (a deployment
+    that follows these steps with Pillow gets the same pixels; tests/test_fit.py checks it)."""
+    steps = [
+        "Image.open(file); img.draft('RGB', (S, S)) with S = decode_size: for JPEG files Pillow "
+        "then decodes at the largest 1/2, 1/4 or 1/8 scale that keeps both sides >= S (no effect "
+        "on other formats)",
+        "ImageOps.exif_transpose(img) (apply the EXIF orientation)",
+        "convert to RGB; transparent pixels are composited on white (255, 255, 255)",
+        "unless already S x S: ImageOps.fit(img, (S, S), Image.Resampling.BICUBIC) (centre crop "
+        "to a square, then bicubic resize to S x S)",
+        "float32 RGB in [0, 1] (divide by 255), layout [batch, 3, H, W]",
+    ]
+    if input_size != decode_size:
+        steps.append(f"bilinear resize with antialiasing to {input_size} x {input_size} "
+                     f"(torch.nn.functional.interpolate(..., mode='bilinear', antialias=True, "
+                     f"align_corners=False))")
+    return {"decode_size": decode_size, "jpeg_draft": True, "exif_transpose": True,
+            "background": [255, 255, 255], "fit": {"size": decode_size, "resample": "bicubic",
+                                                    "centering": [0.5, 0.5]},
+            "scale": "1/255", "steps": steps}
+
+
+def _parity_batch(run_dir: Path, check_images, n_check: int, decode_size: int) -> torch.Tensor:
+    """Real images for the ONNX-vs-PyTorch check: ``check_images``, else the run's training data
+    (``data.path``), else the labeled folder of the ``selfsup fit`` run the model belongs to."""
+    from .inference import batches
+
+    if check_images is None:
+        from .pretrain import load_data, load_run_config
+
+        cfg = load_run_config(run_dir) if (run_dir / "config.yaml").exists() else None
+        if cfg is not None and (cfg.data.path or cfg.data.dataset == "digits"):
+            ds = load_data(cfg, cfg.data.split, progress=False)
+            return ds.batch(np.arange(min(n_check, len(ds))))
+        fit_json = run_dir.parent / "fit.json"
+        if not fit_json.exists():
+            raise DataError(f"{run_dir}: the run does not say where its images are; pass "
+                            f"--check PATH with a few images to check the export on")
+        check_images = [json.loads(fit_json.read_text())["labeled"]]
+    got = []
+    for _, x, _ in batches(check_images, decode_size, n_check):
+        got.append(x)
+        if sum(len(g) for g in got) >= n_check:
+            break
+    return torch.cat(got)[:n_check] if got else torch.zeros(0, 3, decode_size, decode_size)
+
+
+def _replace_folder(tmp: Path, out_dir: Path) -> None:
+    """Move the finished ``tmp`` folder to ``out_dir``; an existing ``out_dir`` (only with
+    --overwrite, and only an export folder) is removed after the new one is complete."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+EXPORT_FILES = {"model.onnx", "model.safetensors", "preprocess.json", "export.json",
+                "calibration.json"}
+
+
 def export_model(run_dir: str | Path, out_dir: str | Path, check_images: list[str] | None = None,
                  n_check: int = 64, overwrite: bool = False) -> dict:
     """Write ``out_dir``/model.safetensors, model.onnx, preprocess.json and export.json (with the
-    ONNX-vs-PyTorch parity on ``n_check`` real images: ``check_images`` paths, or the run's own
-    training data)."""
+    ONNX-vs-PyTorch parity on ``n_check`` real images: ``check_images`` paths, the run's training
+    data, or the labeled folder of its ``selfsup fit``). Everything is written to a hidden
+    sibling folder first and moved into place only when complete, so a failed or killed export
+    leaves ``out_dir`` as it was."""
     import onnxruntime as ort
 
-    from .inference import _prepare, batches
+    from .inference import _prepare
     from .semisupervised import load_classifier
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise DataError(f"{out_dir} is not empty; choose another --out or pass --overwrite")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if not overwrite:
+            raise DataError(f"{out_dir} is not empty; choose another --out or pass --overwrite")
+        stray = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else [out_dir.name]
+        stray = [n for n in stray if n not in EXPORT_FILES] if out_dir.is_dir() else stray
+        if stray or out_dir.is_symlink():
+            raise DataError(f"{out_dir} holds files an export does not write ({', '.join(stray[:5])}"
+                            f"); --overwrite only replaces an earlier export: choose another --out")
     model, meta = load_classifier(run_dir)
     model.eval()
     mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
     size = int(meta.get("input_size", meta["image_size"]))
     decode_size = int(meta["image_size"])
-    dep = Deployable(model, mean, std).eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = out_dir / "model.onnx"
-    _onnx_export(dep, torch.rand(2, 3, size, size), onnx_path)
-    pre = {"input": "image: float32 [batch, 3, H, W], RGB in [0, 1] (NCHW)",
-           "resize": f"shorter side to {decode_size} px (bicubic), centre crop {decode_size}x"
-                     f"{decode_size}" + (f", then bilinear to {size}x{size}"
-                                         if size != decode_size else ""),
-           "normalisation": "inside the graph: (x - mean) / std", "mean": mean, "std": std,
-           "image_size": size, "classes": json.loads(meta["classes"]),
-           "outputs": ["logits [batch, classes]", "probabilities [batch, classes]"],
-           "backbone": meta["backbone"], "method": meta.get("method", "")}
-    _add_metadata(onnx_path, {k: json.dumps(v) if not isinstance(v, str) else v
-                              for k, v in pre.items()})
-    shutil.copyfile(run_dir / "model.safetensors" if run_dir.is_dir() else run_dir,
-                    out_dir / "model.safetensors")
-    (out_dir / "preprocess.json").write_text(json.dumps(pre, indent=1))
-    # parity on real images
-    if check_images is None:
-        from .pretrain import load_data
-        from .pretrain import load_run_config
-
-        cfg = load_run_config(run_dir)
-        ds = load_data(cfg, cfg.data.split, progress=False)
-        x8 = ds.batch(np.arange(min(n_check, len(ds))))
-    else:
-        got = [x for _, x, _ in batches(check_images, decode_size, n_check)]
-        x8 = torch.cat(got)[:n_check] if got else torch.zeros(0, 3, decode_size, decode_size)
+    x8 = _parity_batch(run_dir if run_dir.is_dir() else run_dir.parent, check_images, n_check,
+                       decode_size)
     if len(x8) == 0:
-        raise DataError("no readable images to check the ONNX export against")
-    x = _prepare(x8, size, [0, 0, 0], [1, 1, 1], "cpu")         # [0, 1], resized
-    with torch.no_grad():
-        t_logits, t_probs = dep(x)
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    o_logits, o_probs = sess.run(None, {"image": x.numpy()})
-    diff = float(max(np.abs(o_logits - t_logits.numpy()).max(),
-                     np.abs(o_probs - t_probs.numpy()).max()))
-    report = {"onnx": str(onnx_path), "safetensors": str(out_dir / "model.safetensors"),
-              "parity_images": int(len(x)), "max_abs_diff": diff,
-              "tolerance": PARITY_TOLERANCE, "ok": diff <= PARITY_TOLERANCE,
-              "same_predictions": bool((o_probs.argmax(1) == t_probs.numpy().argmax(1)).all()),
-              "onnxruntime": ort.__version__, "torch": torch.__version__}
-    (out_dir / "export.json").write_text(json.dumps(report, indent=1))
-    if not report["ok"]:
-        raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})"
-                           f" on {len(x)} images; see {out_dir / 'export.json'}")
+        raise DataError("no readable images to check the ONNX export against; pass --check PATH")
+    dep = Deployable(model, mean, std).eval()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        onnx_path = tmp / "model.onnx"
+        _onnx_export(dep, torch.rand(2, 3, size, size), onnx_path)
+        pre = {"input": "image: float32 [batch, 3, H, W], RGB in [0, 1] (NCHW)",
+               "preprocessing": preprocessing(decode_size, size),
+               "normalisation": "inside the graph: (x - mean) / std", "mean": mean, "std": std,
+               "image_size": size, "classes": json.loads(meta["classes"]),
+               "outputs": ["logits [batch, classes]", "probabilities [batch, classes]"],
+               "backbone": meta["backbone"], "method": meta.get("method", "")}
+        calib = (run_dir / "calibration.json") if run_dir.is_dir() else None
+        if calib is not None and calib.exists():
+            pre["uncertainty"] = json.loads(calib.read_text())
+            shutil.copyfile(calib, tmp / "calibration.json")
+        _add_metadata(onnx_path, {k: json.dumps(v) if not isinstance(v, str) else v
+                                  for k, v in pre.items()})
+        shutil.copyfile(run_dir / "model.safetensors" if run_dir.is_dir() else run_dir,
+                        tmp / "model.safetensors")
+        (tmp / "preprocess.json").write_text(json.dumps(pre, indent=1))
+        x = _prepare(x8, size, [0, 0, 0], [1, 1, 1], "cpu")         # [0, 1], resized
+        with torch.no_grad():
+            t_logits, t_probs = dep(x)
+        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        o_logits, o_probs = sess.run(None, {"image": x.numpy()})
+        diff = float(max(np.abs(o_logits - t_logits.numpy()).max(),
+                         np.abs(o_probs - t_probs.numpy()).max()))
+        report = {"onnx": str(out_dir / "model.onnx"),
+                  "safetensors": str(out_dir / "model.safetensors"),
+                  "parity_images": int(len(x)), "max_abs_diff": diff,
+                  "tolerance": PARITY_TOLERANCE, "ok": diff <= PARITY_TOLERANCE,
+                  "same_predictions": bool((o_probs.argmax(1) == t_probs.numpy().argmax(1)).all()),
+                  "onnxruntime": ort.__version__, "torch": torch.__version__}
+        if not report["ok"]:
+            raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.2e} "
+                               f"(> {PARITY_TOLERANCE}) on {len(x)} images; nothing was written")
+        (tmp / "export.json").write_text(json.dumps(report, indent=1))
+        _replace_folder(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return report

@@ -166,17 +166,106 @@ def _time_steps(cfg: RunConfig, x: torch.Tensor, labels: torch.Tensor, n: int = 
     return float(np.median(times))
 
 
+FIT_ENTRIES = {"choices.json", "fit.json", "summary.json", "report.html", "report.json",
+               "pretrain", "candidates", "classifier", "summary.json.tmp"}
+MIN_PER_CLASS_FOR_VALIDATION = 5
+
+
+def _label_counts(labeled: str | Path) -> dict[str, int]:
+    """Images per class of the labeled source, from the file listing (nothing decoded)."""
+    src = open_source(labeled)
+    items = getattr(src, "items", None)
+    if items is None:          # archives list their members while they are read
+        for _ in src.iter_bytes():
+            pass
+        items = getattr(src, "items", [])
+    counts: dict[str, int] = {}
+    for it in items:
+        if it.label is not None:
+            counts[it.label] = counts.get(it.label, 0) + 1
+    return counts
+
+
+def preflight(labeled, out: Path, unlabeled=None, test=None, overwrite: bool = False,
+              record: dict | None = None) -> tuple[dict[str, int], bool]:
+    """Every check that can refuse a fit, before anything is written: the labels (at least two
+    classes, each with an image), the other folders, and the output folder (a new or empty
+    folder, an unfinished fit of the same data to resume, or with ``overwrite`` an earlier fit
+    folder holding nothing else). Returns (images per class, resume?)."""
+    counts = _label_counts(labeled)
+    if not counts:
+        raise DataError(f"{labeled}: no labeled images found: put the labeled images in one "
+                        f"sub-folder per class, or give a CSV of path,label")
+    if len(counts) < 2:
+        raise DataError(f"{labeled}: only one class ({next(iter(counts))!r}); a classifier needs "
+                        f"labeled images of at least two classes (one sub-folder per class)")
+    for path, what in ((unlabeled, "--unlabeled"), (test, "--test")):
+        if path is not None and not Path(path).expanduser().exists():
+            raise DataError(f"{what} {path}: no such file or folder")
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out} is a file; choose another --out")
+    if not out.exists() or not any(out.iterdir()):
+        return counts, False
+    if not (out / "fit.json").exists():
+        raise RunDirError(f"{out} is not empty and is not a selfsup fit folder; choose another "
+                          f"--out (nothing in it was changed)")
+    stray = sorted(p.name for p in out.iterdir() if p.name not in FIT_ENTRIES)
+    same = record is not None and json.loads((out / "fit.json").read_text()) == record
+    finished = (out / "summary.json").exists()
+    if overwrite:
+        if stray:
+            raise RunDirError(f"{out} also holds {', '.join(stray[:5])}, which fit did not write; "
+                              f"--overwrite only replaces an earlier fit: choose another --out")
+        return counts, False
+    if finished:
+        raise RunDirError(f"{out} already holds a finished fit; choose another --out, or pass "
+                          f"--overwrite to replace it")
+    if not same:
+        raise RunDirError(f"{out} holds an unfinished fit of other data or settings; re-run "
+                          f"that command to resume it, choose another --out, or pass "
+                          f"--overwrite to replace it")
+    return counts, True
+
+
+def _clear_fit(out: Path) -> None:
+    import shutil
+
+    for name in FIT_ENTRIES:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
 def fit(labeled: str | Path, out: str | Path, unlabeled: str | Path | None = None,
         test: str | Path | None = None, budget: str | None = None, overrides: list[str] = (),
-        forced: dict | None = None, seed: int = 0, progress: bool = True) -> dict:
+        forced: dict | None = None, seed: int = 0, progress: bool = True,
+        overwrite: bool = False) -> dict:
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "choices.json").exists():
-        raise RunDirError(f"{out} is not empty and is not a selfsup fit directory; choose another "
-                          f"--out (nothing in it was changed)")
-    out.mkdir(parents=True, exist_ok=True)
     budget_s = parse_budget(budget)
-    device = str(resolve_device("auto"))
     forced = {k: v for k, v in (forced or {}).items() if v is not None}
+    record = {"labeled": str(labeled), "unlabeled": str(unlabeled) if unlabeled else None,
+              "test": str(test) if test else None, "budget": budget, "seed": seed,
+              "overrides": list(overrides), "forced": forced}
+    counts, resume = preflight(labeled, out, unlabeled, test, overwrite, record)
+    created = not out.exists()
+    try:
+        return _fit(labeled, out, unlabeled, test, budget_s, overrides, forced, seed, progress,
+                    counts, resume, overwrite, record)
+    except BaseException:
+        # a run that failed before its first checkpoint leaves nothing behind
+        if created and out.exists() and not any(out.rglob("last.pt")):
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed, progress,
+         counts: dict[str, int], resume: bool, overwrite: bool, record: dict) -> dict:
+    t_start = time.time()
+    device = str(resolve_device("auto"))
     side = typical_side(labeled)
     size = int(forced.get("image_size", 0)) or None
 
@@ -184,9 +273,10 @@ def fit(labeled: str | Path, out: str | Path, unlabeled: str | Path | None = Non
         return load_dataset("folder", path=str(path), split=split,
                             image_size=size or (32 if side <= 48 else 64), progress=progress)
 
-    # the recipe depends on the counts: decode at the chosen size once we know it
-    lab_probe = open_source(labeled)
-    n_lab_files = sum(1 for _ in getattr(lab_probe, "items", []))
+    n_min = min(counts.values())
+    use_val = n_min >= MIN_PER_CLASS_FOR_VALIDATION
+    n_lab_files = sum(counts.values())
+    n_train_lab = n_lab_files - (max(len(counts), int(round(0.2 * n_lab_files))) if use_val else 0)
     n_unl_files = sum(1 for _ in getattr(open_source(unlabeled), "items", [])) if unlabeled else 0
 
     def step_seconds(c: Choices):
@@ -198,16 +288,27 @@ def fit(labeled: str | Path, out: str | Path, unlabeled: str | Path | None = Non
         y = torch.cat([torch.zeros(c.batch, dtype=torch.long), torch.full((nb - c.batch,), -1)])
         return s1, _time_steps(semi_cfg, x, y)
 
-    c = choose(n_lab_files, n_unl_files, side, device, budget_s, step_seconds)
+    if budget_s is not None and progress:
+        print("selfsup fit: measuring a training step of each stage on this machine ...",
+              file=sys.stderr)
+    c = choose(n_train_lab, n_unl_files, side, device, budget_s, step_seconds)
+    c.val_fraction = 0.2 if use_val else 0.0
+    c.reasons["val_fraction"] = (
+        "20% of each class held out to choose between models and calibrate predict's flag"
+        if use_val else
+        f"no validation split: the smallest class has {n_min} labeled images (fewer than "
+        f"{MIN_PER_CLASS_FOR_VALIDATION}); every label is used for training and the labels-only "
+        f"vs unlabeled-photos comparison cannot be made")
     for k, v in forced.items():
         setattr(c, k, type(getattr(c, k))(v))
         c.reasons[k] = f"set on the command line: {v}"
+    # nothing was written before this point: every refusal has happened
+    if overwrite and out.exists():
+        print(f"selfsup fit: --overwrite: replacing the earlier fit in {out}", file=sys.stderr)
+        _clear_fit(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fit.json").write_text(json.dumps(record, indent=1))
     (out / "choices.json").write_text(json.dumps(c.__dict__, indent=1))
-    (out / "fit.json").write_text(json.dumps({"labeled": str(labeled), "unlabeled": str(unlabeled)
-                                              if unlabeled else None,
-                                              "test": str(test) if test else None,
-                                              "budget": budget, "seed": seed,
-                                              "overrides": list(overrides)}, indent=1))
     print("selfsup fit: choices (saved in choices.json):", file=sys.stderr)
     for k, v in c.__dict__.items():
         if k != "reasons":
@@ -216,48 +317,145 @@ def fit(labeled: str | Path, out: str | Path, unlabeled: str | Path | None = Non
 
     size = c.image_size
     lab = load(labeled)
-    if not lab.has_labels:
-        raise DataError(f"{labeled}: no labels found: put the labeled images in one sub-folder "
-                        f"per class, or give a CSV of path,label")
     unl = load(unlabeled) if unlabeled else None
     test_ds = load(test).aligned_to(lab.classes) if test else None
-    train_idx, val_idx = stratified_split(lab.labels, c.val_fraction, seed)
-    if len(val_idx) == 0:
-        raise DataError(f"{labeled}: too few labeled images to hold any out for validation; "
-                        f"label at least 2 images per class")
+    if use_val:
+        train_idx, val_idx = stratified_split(lab.labels, c.val_fraction, seed)
+    else:
+        train_idx, val_idx = np.flatnonzero(lab.labels >= 0), np.zeros(0, np.int64)
+    c.batch = min(c.batch, max(2, len(train_idx)))
+    ssl_total = len(train_idx) + (len(unl) if unl else 0)
+    c.ssl_batch = max(2, min(c.ssl_batch, ssl_total))
     ssl_cfg, semi_cfg = _stage_configs(c, overrides, seed)
+    usable = 0.85 * budget_s if budget_s else None
+    if usable:   # each stage ends by the clock too: the budget holds even when steps run slow
+        ssl_cfg = apply_overrides(ssl_cfg, [f"train.time_limit={0.45 * usable:.1f}"])
     # 1. self-supervised pretraining on every image but the validation ones
     ssl_train = concat_unlabeled(lab.subset(train_idx), unl)
     ssl_train = ImageDataset(ssl_train.images, np.where(np.arange(len(ssl_train)) < len(train_idx),
                                                         ssl_train.labels, -1),
                              ssl_train.classes, ssl_train.names, ssl_train.source, ssl_train.skipped)
+    if progress:
+        print(f"selfsup fit: 1/3 self-supervised pretraining ({c.ssl_method}, {c.ssl_steps} steps)",
+              file=sys.stderr)
     ssl_dir, ssl_summary = pretrain(ssl_cfg, out / "pretrain",
-                                    datasets=(ssl_train, lab.subset(val_idx)))
-    # 2. semi-supervised training from the pretrained encoder
+                                    datasets=(ssl_train, lab.subset(val_idx) if use_val else None))
+    # 2. semi-supervised training from the pretrained encoder, and labels-only from the same
+    #    encoder with the same steps, augmentation, optimizer and EMA; the better on validation
+    #    is kept (fit is never knowingly worse than labels alone)
     train_view = concat_unlabeled(lab.subset(train_idx), unl)
-    record = {"labeled_names": [lab.names[i] for i in train_idx],
-              "val_names": [lab.names[i] for i in val_idx], "unlabeled": len(unl) if unl else 0,
-              "seed": seed}
-    data = SemisupData(full=lab, train=train_view, val=lab.subset(val_idx), test=test_ds,
-                       record=record)
-    clf_dir, clf_summary = train_semisup(semi_cfg, out / "classifier", init=ssl_dir, data=data)
+    split_record = {"labeled_names": [lab.names[i] for i in train_idx],
+                    "val_names": [lab.names[i] for i in val_idx],
+                    "unlabeled": len(unl) if unl else 0, "seed": seed}
+    val_ds = lab.subset(val_idx) if use_val else None
+    data = SemisupData(full=lab, train=train_view, val=val_ds, test=test_ds, record=split_record)
+    remaining = usable - (time.time() - t_start) if usable else None
+    candidates = {c.semisup_method: semi_cfg}
+    if c.semisup_method != "supervised":
+        candidates["labels_only"] = apply_overrides(semi_cfg, ["method.name=supervised"])
+    runs = {}
+    for i, (name, cfg) in enumerate(candidates.items()):
+        if remaining is not None:   # the labels-only step costs ~1/(1 + 2 uratio) of FixMatch's
+            share = 1.0 if len(candidates) == 1 else (
+                (1 + 2 * c.uratio) / (2 + 2 * c.uratio) if i == 0 else 1.0)
+            left = usable - (time.time() - t_start)
+            cfg = apply_overrides(cfg, [f"train.time_limit={max(5.0, share * left):.1f}"])
+        if progress:
+            print(f"selfsup fit: {2 + i}/3 {name} from the pretrained encoder "
+                  f"({cfg.train.steps} steps)", file=sys.stderr)
+        d, summ = train_semisup(cfg, out / "candidates" / name, init=ssl_dir, data=data)
+        runs[name] = (d, summ)
+    comparison = _compare(runs, c.semisup_method, val_ds, device)
+    kept_dir, clf_summary = runs[comparison["kept"]]
+    import shutil
+
+    if (out / "classifier").exists():
+        shutil.rmtree(out / "classifier")
+    shutil.copytree(kept_dir, out / "classifier")
+    clf_dir = out / "classifier"
+    from .inference import calibrate_flag
+
+    calib = calibrate_flag(clf_dir, val_ds, device)
+    (clf_dir / "calibration.json").write_text(json.dumps(calib, indent=1))
+    headline = _headline(clf_dir, test_ds, device) if test_ds is not None else None
     summary = {"labeled": len(lab), "classes": lab.classes, "validation": len(val_idx),
                "unlabeled": len(unl) if unl else 0, "test": len(test_ds) if test_ds else 0,
+               "headline": headline, "comparison": comparison, "uncertainty": calib,
                "choices": {k: v for k, v in c.__dict__.items() if k != "reasons"},
                "pretrain": {k: ssl_summary.get(k) for k in ("steps", "train_seconds",
-                                                            "images_per_s", "collapsed")},
+                                                            "images_per_s", "collapsed",
+                                                            "stopped_by_time")},
                "pretrain_eval": ssl_summary.get("eval"),
                "classifier": {k: clf_summary.get(k) for k in (
-                   "steps", "train_seconds", "val_acc_best", "val_acc_final", "test_acc_final",
-                   "test_acc_at_best_val", "test_acc_median_last")},
+                   "method", "steps", "train_seconds", "val_acc_best", "val_acc_final",
+                   "test_acc_final", "test_acc_at_best_val", "test_acc_median_last",
+                   "stopped_by_time")},
                "model": str(clf_dir / "model.safetensors"), "budget_seconds": budget_s}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.json.tmp").write_text(json.dumps(summary, indent=1))
+    if progress:
+        print("selfsup fit: writing the report ...", file=sys.stderr)
     from .report.html import build_report
 
-    summary["report"] = str(build_report(out, seed=seed))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"selfsup fit: report written to {summary['report']}", file=sys.stderr)
+    summary["report"] = str(build_report(out, seed=seed, summary=summary))
+    summary["seconds"] = round(time.time() - t_start, 1)
+    (out / "summary.json.tmp").write_text(json.dumps(summary, indent=1))
+    (out / "summary.json.tmp").replace(out / "summary.json")
+    print(f"selfsup fit: kept {comparison['kept']} ({comparison['reason']}); report written to "
+          f"{summary['report']}", file=sys.stderr)
     return summary
+
+
+def _val_correct(run_dir: Path, val_ds, device) -> np.ndarray:
+    from .evaluate.features import extract_features
+    from .semisupervised import load_classifier
+
+    model, _ = load_classifier(run_dir)
+    logits = extract_features(model.to(device), val_ds, device=device)
+    return logits.argmax(1) == val_ds.labels
+
+
+def _compare(runs: dict, semi_name: str, val_ds, device, n_boot: int = 2000) -> dict:
+    """Which model to keep: the semi-supervised one only when it is more accurate than labels
+    alone on the held-out labeled images (ties keep labels-only); with the paired difference
+    and its 95% bootstrap interval over those images."""
+    if "labels_only" not in runs:
+        return {"kept": semi_name, "reason": "no unlabeled images: labels only"}
+    if val_ds is None:
+        return {"kept": semi_name, "reason": "no validation split to compare on (too few "
+                "labels per class): kept the semi-supervised model untested against labels only"}
+    a = _val_correct(runs[semi_name][0], val_ds, device).astype(float)
+    b = _val_correct(runs["labels_only"][0], val_ds, device).astype(float)
+    d = a - b
+    rng = np.random.default_rng(0)
+    boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
+    lo, hi = (float(v) for v in np.percentile(boots, [2.5, 97.5]))
+    kept = semi_name if a.mean() > b.mean() else "labels_only"
+    return {"kept": kept, "val_images": len(d), "val_acc": {semi_name: float(a.mean()),
+                                                             "labels_only": float(b.mean())},
+            "difference": float(d.mean()), "difference_95ci": [lo, hi],
+            "reason": (f"validation accuracy {a.mean():.3f} with unlabeled photos vs "
+                       f"{b.mean():.3f} labels only on {len(d)} held-out images "
+                       f"(difference {d.mean():+.3f}, 95% CI {lo:+.3f} to {hi:+.3f})")}
+
+
+def _headline(clf_dir: Path, test_ds, device) -> dict:
+    """Test accuracy with a 95% Wilson interval, balanced accuracy and the majority-class rate."""
+    from .evaluate.features import extract_features
+    from .semisupervised import load_classifier
+
+    model, _ = load_classifier(clf_dir)
+    pred = extract_features(model.to(device), test_ds, device=device).argmax(1)
+    y = test_ds.labels
+    n = len(y)
+    acc = float((pred == y).mean())
+    z = 1.96
+    centre = (acc + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    per_class = [float((pred[y == k] == k).mean()) for k in np.unique(y)]
+    return {"test_images": n, "test_acc": acc, "test_acc_95ci": [float(centre - half),
+                                                                 float(centre + half)],
+            "balanced_acc": float(np.mean(per_class)),
+            "majority_rate": float(np.bincount(y).max() / n)}
 
 
 def _stage_configs(c: Choices, overrides, seed: int) -> tuple[RunConfig, RunConfig]:

@@ -74,6 +74,66 @@ def _prepare(x: torch.Tensor, input_size: int, mean, std, device) -> torch.Tenso
     return normalize(x, mean, std)
 
 
+CONFORMAL_ALPHA = 0.1
+MIN_CALIBRATION_IMAGES = 20
+
+
+def relative_threshold(n_classes: int) -> float:
+    """Halfway between chance (1/C) and certainty: the same meaning for 2 and 20 classes."""
+    return 0.5 * (1.0 + 1.0 / n_classes)
+
+
+@torch.no_grad()
+def calibrate_flag(run_dir: str | Path, val_ds, device: str = "cpu",
+                   alpha: float = CONFORMAL_ALPHA) -> dict:
+    """How ``predict`` decides that a prediction is uncertain, calibrated on held-out labeled
+    images when there are enough of them: split conformal prediction (score 1 - p_true; q_hat =
+    the ceil((n + 1)(1 - alpha)) / n quantile of the scores): the prediction set {c: p_c >=
+    1 - q_hat} contains the true class for about 1 - alpha of the images, and an image is flagged
+    when that set is not a single class. With fewer than 20 held-out images: flagged when the
+    confidence is below (1 + 1/C) / 2."""
+    from .semisupervised import load_classifier
+
+    model, meta = load_classifier(run_dir)
+    n_classes = len(json.loads(meta["classes"]))
+    rel = {"kind": "relative", "threshold": relative_threshold(n_classes),
+           "rule": "flagged when the top probability is below (1 + 1/C) / 2"}
+    if val_ds is None or len(val_ds) < MIN_CALIBRATION_IMAGES:
+        rel["why"] = (f"{0 if val_ds is None else len(val_ds)} held-out images: too few to "
+                      f"calibrate (need {MIN_CALIBRATION_IMAGES})")
+        return rel
+    from .evaluate.features import extract_features
+
+    logits = extract_features(model.to(device), val_ds, device=device)
+    probs = torch.from_numpy(logits).softmax(1).numpy()
+    scores = 1.0 - probs[np.arange(len(probs)), val_ds.labels]
+    n = len(scores)
+    level = min(1.0, np.ceil((n + 1) * (1 - alpha)) / n)
+    q_hat = float(np.quantile(scores, level, method="higher"))
+    set_size = (probs >= 1.0 - q_hat).sum(1)
+    return {"kind": "conformal", "alpha": alpha, "q_hat": q_hat, "calibration_images": n,
+            "rule": f"prediction set = classes with probability >= {1 - q_hat:.4f}; flagged "
+                    f"when the set is not exactly one class (the set holds the true class for "
+                    f"about {100 * (1 - alpha):.0f}% of images)",
+            "flagged_on_validation": float((set_size != 1).mean())}
+
+
+def _flag_rule(model_dir: Path, n_classes: int, low_confidence: float | None):
+    """(description, function probs [B, C] -> flags [B])."""
+    if low_confidence is not None:
+        return {"kind": "threshold", "threshold": low_confidence}, \
+            lambda p: p.max(1).values < low_confidence
+    calib = None
+    folder = model_dir.parent if model_dir.is_file() else model_dir
+    if (folder / "calibration.json").exists():
+        calib = json.loads((folder / "calibration.json").read_text())
+    if calib and calib.get("kind") == "conformal":
+        q = float(calib["q_hat"])
+        return calib, lambda p: (p >= 1.0 - q).sum(1) != 1
+    thr = relative_threshold(n_classes)
+    return {"kind": "relative", "threshold": thr}, lambda p: p.max(1).values < thr
+
+
 def _refuse_overwrite(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         raise DataError(f"{out} already exists; choose another --out or pass --overwrite")
@@ -81,12 +141,14 @@ def _refuse_overwrite(out: Path, overwrite: bool) -> None:
 
 @torch.no_grad()
 def predict(model_dir: str | Path, paths: list[str | Path], out: str | Path,
-            top_k: int = 3, low_confidence: float = 0.5, batch_size: int = 256,
+            top_k: int = 3, low_confidence: float | None = None, batch_size: int = 256,
             device: str = "cpu", overwrite: bool = False, progress: bool = True) -> dict:
     """Classify every image under ``paths`` with the classifier of ``model_dir`` (a semi-
     supervised or ``fit`` run, or an exported folder) and write a CSV:
-    path, class, confidence, top-k as "class:p;...", low_confidence (1 when below the threshold),
-    error (for unreadable files). Returns counts and throughput."""
+    path, class, confidence, top-k as "class:p;...", low_confidence (1 when the prediction is
+    uncertain: a confidence below ``low_confidence`` when given, else the rule of the model's
+    calibration.json, else a confidence below (1 + 1/C) / 2), error (for unreadable files). Returns counts, throughput and
+    the rule used."""
     from .semisupervised import load_classifier
 
     out = Path(out)
@@ -97,6 +159,7 @@ def predict(model_dir: str | Path, paths: list[str | Path], out: str | Path,
     mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
     size, input_size = int(meta["image_size"]), int(meta.get("input_size", meta["image_size"]))
     k = min(top_k, len(classes))
+    rule, flag = _flag_rule(Path(model_dir), len(classes), low_confidence)
     counts = {"images": 0, "unreadable": 0, "low_confidence": 0}
     tmp = out.with_name("." + out.name + ".tmp")
     t0 = time.perf_counter()
@@ -108,8 +171,9 @@ def predict(model_dir: str | Path, paths: list[str | Path], out: str | Path,
             if len(names):
                 probs = model(_prepare(x, input_size, mean, std, device)).float().softmax(1)
                 pk, ik = probs.topk(k, dim=1)
-                for name, p, i in zip(names, pk.tolist(), ik.tolist()):
-                    low = int(p[0] < low_confidence)
+                flags = flag(probs).tolist()
+                for name, p, i, fl in zip(names, pk.tolist(), ik.tolist(), flags):
+                    low = int(fl)
                     counts["low_confidence"] += low
                     w.writerow([name, classes[i[0]], f"{p[0]:.4f}",
                                 ";".join(f"{classes[c]}:{q:.4f}" for c, q in zip(i, p)), low, ""])
@@ -122,7 +186,7 @@ def predict(model_dir: str | Path, paths: list[str | Path], out: str | Path,
     bar.close()
     tmp.replace(out)
     seconds = time.perf_counter() - t0
-    return {**counts, "out": str(out), "seconds": seconds,
+    return {**counts, "out": str(out), "seconds": seconds, "uncertainty_rule": rule,
             "images_per_s": counts["images"] / max(1e-9, seconds)}
 
 

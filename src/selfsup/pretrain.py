@@ -132,7 +132,8 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
         diff = sorted(f"{s}.{k}" for s in set(old) | set(new)
                       for k in set(old.get(s, {})) | set(new.get(s, {}))
                       if old.get(s, {}).get(k) != new.get(s, {}).get(k)
-                      and not (s == "train" and k in ("progress", "out_dir", "overwrite")))
+                      and not (s == "train" and k in ("progress", "out_dir", "overwrite",
+                                                      "time_limit", "checkpoint_seconds")))
         if diff:
             raise RunDirError(f"{run_dir} holds a run with a different configuration "
                               f"(differs in: {', '.join(diff)}); choose another train.out_dir")

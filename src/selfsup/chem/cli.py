@@ -17,7 +17,8 @@ class ChemError(ValueError):
 
 def add_parsers(sub) -> None:
     chem = sub.add_parser("chem", help="molecules: design with GEGL / GA under an oracle budget")
-    csub = chem.add_subparsers(dest="chem_command", required=True)
+    csub = chem.add_subparsers(dest="chem_command", metavar="COMMAND")
+    chem.set_defaults(func=None, _parser=chem)   # bare `selfsup chem` prints this help
 
     d = csub.add_parser("design", help="optimise an objective with an oracle-call budget",
                         description="Search for molecules maximising an objective, counting every "

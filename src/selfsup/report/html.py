@@ -217,8 +217,29 @@ table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;paddin
 .note{color:#666;font-style:italic}"""
 
 
-def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int = 0) -> Path:
-    """Write ``run_dir/report.html`` (or ``out``) and return its path."""
+def _headline_section(summary: dict) -> str:
+    """The answer first: test accuracy with its interval, balanced accuracy, the majority-class
+    rate, and whether the unlabeled photos helped (``selfsup fit`` runs)."""
+    h, comp = summary.get("headline"), summary.get("comparison")
+    if not h and not comp:
+        return ""
+    parts = []
+    if h:
+        lo, hi = h["test_acc_95ci"]
+        parts.append(f"<p class=headline>Test accuracy <b>{100 * h['test_acc']:.1f}%</b> "
+                     f"(95% interval {100 * lo:.1f}-{100 * hi:.1f}%) on {h['test_images']} test "
+                     f"images; balanced accuracy {100 * h['balanced_acc']:.1f}%. Always answering "
+                     f"the most common class would score {100 * h['majority_rate']:.1f}%.</p>")
+    if comp:
+        parts.append(f"<p>Model kept: <b>{html.escape(comp['kept'])}</b>: "
+                     f"{html.escape(comp['reason'])}.</p>")
+    return _section("Headline", "".join(parts))
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int = 0,
+                 summary: dict | None = None) -> Path:
+    """Write ``run_dir/report.html`` (or ``out``) and return its path. ``summary``: the run's
+    summary when it is not yet on disk (``selfsup fit`` writes the report before it)."""
     from ..pretrain import build_backbone, load_data, load_encoder
 
     run_dir = Path(run_dir)
@@ -232,8 +253,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
         else:
             raise FileNotFoundError(f"{run_dir}: not a finished selfsup run (no model or encoder)")
     sections, facts = [], {}
-    summary = json.loads((run_dir / "summary.json").read_text()) \
-        if (run_dir / "summary.json").exists() else {}
+    if summary is None:
+        summary = json.loads((run_dir / "summary.json").read_text()) \
+            if (run_dir / "summary.json").exists() else {}
     # 1. training curves
     curves = [(_curves(d, name), name) for d, name in ((pre, "pretraining"), (clf, "classifier"))
               if d is not None]
@@ -346,7 +368,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>generated {time.strftime('%Y-%m-%d %H:%M')} by selfsup {__version__} from "
-            f"<code>{html.escape(str(run_dir))}</code></p>{overview}{''.join(sections)}"
+            f"<code>{html.escape(str(run_dir))}</code></p>{_headline_section(summary)}"
+            f"{overview}{''.join(sections)}"
             f"</body></html>")
     out = Path(out) if out else run_dir / "report.html"
     tmp = out.with_name("." + out.name + ".tmp")

@@ -186,6 +186,8 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     data_time = compute_time = 0.0
     images_seen, t_window = 0, time.perf_counter()
     last_logs: dict = {}
+    t_start = t_saved = time.perf_counter()
+    stopped_by_time = False
     method.train()
     while step < total:
         # 1. learning rate for this step
@@ -274,8 +276,27 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
             metrics.log(row)
             bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in row.items() if k != "kind"), file=sys.stderr)
-        if step % tc.checkpoint_every == 0 or step == total:
+        # a time budget (``train.time_limit``): this step is the last one; every rank agrees
+        over = tc.time_limit and time.perf_counter() - t_start > tc.time_limit
+        if world > 1 and tc.time_limit:
+            over = bool(all_reduce_sum(torch.tensor(float(over))).item() > 0)
+        if over and step < total:
+            stopped_by_time = True
+            if main_process:
+                bar.write(f"selfsup: train.time_limit={tc.time_limit:.0f}s reached: ending at "
+                          f"step {step} of {total}", file=sys.stderr)
+            total = step
+            if main_process and step % eval_every:   # the final evaluation of a shortened run
+                row = {"kind": "eval", "step": step, "epoch": step / steps_per_epoch}
+                if monitor is not None:
+                    row.update(monitor(method.encoder))
+                metrics.log(row)
+        by_time = (tc.checkpoint_seconds and time.perf_counter() - t_saved > tc.checkpoint_seconds)
+        if world > 1 and tc.checkpoint_seconds:
+            by_time = bool(all_reduce_sum(torch.tensor(float(by_time))).item() > 0)
+        if step % tc.checkpoint_every == 0 or step == total or by_time:
             save(step)
+            t_saved = time.perf_counter()
         if world > 1 and (step % eval_every == 0 or step == total):
             barrier()  # the others wait while rank 0 evaluates
         if stop_after is not None and step >= stop_after and step < total:
@@ -286,7 +307,8 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     bar.close()
     if metrics is not None:
         metrics.close()
-    return {"steps": step, "final_loss": last_logs.get("loss", math.nan),
+    return {"steps": step, "stopped_by_time": stopped_by_time,
+            "final_loss": last_logs.get("loss", math.nan),
             "collapsed": collapse.event is not None, "collapse": collapse.event,
             "images_per_s": last_logs.get("images_per_s", math.nan),
             "data_fraction": last_logs.get("data_fraction", math.nan)}

@@ -1,0 +1,127 @@
+"""The front door on small real folders: fit from 2 classes x 2 images upward, careless inputs
+refused in one line before anything is written, fit -> export (no --check) -> predict, and the
+exported preprocessing reproduced from preprocess.json alone agreeing with predict."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from selfsup.cli import main
+
+FAST = ["--ssl-steps", "4", "--steps", "4", "train.progress=false", "augment.flip_p=0"]
+
+
+def _digits():
+    from selfsup.data import load_dataset
+
+    return load_dataset("digits", split="train", image_size=16)
+
+
+def _write(folder, ds, idx, size=None, fmt="png", classes=True):
+    for i in idx:
+        d = folder / str(ds.labels[i]) if classes else folder
+        d.mkdir(parents=True, exist_ok=True)
+        img = Image.fromarray(ds.images[i])
+        if size:
+            img = img.resize((size, int(size * 1.25)), Image.Resampling.BICUBIC)
+        img.save(d / f"{i}.{fmt}", quality=90) if fmt == "jpg" else img.save(d / f"{i}.{fmt}")
+
+
+def test_fit_on_two_classes_of_two_images(tmp_path, capsys):
+    ds = _digits()
+    idx = np.concatenate([np.flatnonzero(ds.labels == c)[:2] for c in (0, 1)])
+    _write(tmp_path / "lab", ds, idx)
+    out = tmp_path / "fit"
+    assert main(["fit", str(tmp_path / "lab"), "-o", str(out), *FAST]) == 0
+    ch = json.loads((out / "choices.json").read_text())
+    assert ch["val_fraction"] == 0.0 and "no validation split" in ch["reasons"]["val_fraction"]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["labeled"] == 4 and s["validation"] == 0 and (out / "classifier" /
+                                                            "model.safetensors").exists()
+    assert s["uncertainty"]["kind"] == "relative" and s["uncertainty"]["threshold"] == 0.75
+    # the same command again is refused (finished), and changes nothing
+    before = (out / "choices.json").read_text()
+    capsys.readouterr()
+    assert main(["fit", str(tmp_path / "lab"), "-o", str(out), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and "finished" in err[0]
+    assert (out / "choices.json").read_text() == before
+    # --overwrite replaces a fit folder, but never one holding files fit did not write
+    (out / "notes.txt").write_text("mine")
+    assert main(["fit", str(tmp_path / "lab"), "-o", str(out), "--overwrite", *FAST]) == 2
+    assert (out / "notes.txt").read_text() == "mine" and "notes.txt" in capsys.readouterr().err
+    (out / "notes.txt").unlink()
+    assert main(["fit", str(tmp_path / "lab"), "-o", str(out), "--overwrite", *FAST]) == 0
+
+
+@pytest.mark.parametrize("case", ["one_class", "empty", "no_such_unlabeled"])
+def test_careless_inputs_end_in_one_line_and_leave_no_folder(case, tmp_path, capsys):
+    ds = _digits()
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    if case != "empty":
+        _write(lab, ds, np.flatnonzero(ds.labels == 3)[:6] if case == "one_class" else
+               np.concatenate([np.flatnonzero(ds.labels == c)[:3] for c in (0, 1)]))
+    extra = ["--unlabeled", str(tmp_path / "missing")] if case == "no_such_unlabeled" else []
+    out = tmp_path / "fit"
+    assert main(["fit", str(lab), "-o", str(out), *extra, *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("selfsup: error:"), err
+    want = {"one_class": "only one class", "empty": "no image files found",
+            "no_such_unlabeled": "no such file"}[case]
+    assert want in err[0]
+    assert not out.exists()
+
+
+def test_fit_export_predict_agree_with_an_independent_preprocessing(tmp_path):
+    """JPEG photos larger than the training size (so Pillow's draft mode matters): fit, export
+    without --check, then preprocess every image following preprocess.json with Pillow and numpy
+    alone and run the ONNX graph: the same probabilities as `selfsup predict` on every image."""
+    import onnxruntime as ort
+    from PIL import ImageOps
+
+    ds = _digits()
+    rng = np.random.default_rng(0)
+    lab_idx = np.concatenate([np.flatnonzero(ds.labels == c)[:6] for c in (0, 1, 2)])
+    _write(tmp_path / "lab", ds, lab_idx, size=150, fmt="jpg")
+    rest = np.flatnonzero(np.isin(ds.labels, (0, 1, 2)))[20:]
+    _write(tmp_path / "unl", ds, rng.choice(rest, 24, replace=False), size=150, fmt="jpg",
+           classes=False)
+    _write(tmp_path / "new", ds, rest[-12:], size=170, fmt="jpg", classes=False)
+    out = tmp_path / "fit"
+    assert main(["fit", str(tmp_path / "lab"), "--unlabeled", str(tmp_path / "unl"),
+                 "-o", str(out), *FAST]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["comparison"]["kept"] in ("fixmatch", "labels_only")
+    assert set(s["comparison"]["val_acc"]) == {"fixmatch", "labels_only"}
+    exp = out / "export"
+    assert main(["export", str(out / "classifier"), "-o", str(exp)]) == 0     # no --check
+    assert json.loads((exp / "export.json").read_text())["ok"]
+    pred = tmp_path / "p.csv"
+    assert main(["predict", str(exp), str(tmp_path / "new"), "-o", str(pred), "--top-k",
+                 "3"]) == 0
+    rows = {r["path"]: r for r in csv.DictReader(pred.open())}
+    pre = json.loads((exp / "preprocess.json").read_text())
+    p = pre["preprocessing"]
+    size = p["decode_size"]
+    sess = ort.InferenceSession(str(exp / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert len(rows) == 12
+    for path, r in rows.items():
+        img = Image.open(path)
+        if p["jpeg_draft"]:
+            img.draft("RGB", (size, size))
+        if p["exif_transpose"]:
+            img = ImageOps.exif_transpose(img)
+        img = img.convert("RGB")
+        if img.size != (size, size):
+            img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC,
+                               centering=tuple(p["fit"]["centering"]))
+        x = (np.asarray(img, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None]
+        assert pre["image_size"] == size          # no extra resize step for this model
+        _, probs = sess.run(None, {"image": x})
+        k = int(probs[0].argmax())
+        assert pre["classes"][k] == r["class"], path
+        assert abs(float(probs[0, k]) - float(r["confidence"])) < 1e-4, path
