@@ -45,8 +45,10 @@ VARIANTS = {
                    "method.t1=0.15", "method.t2=0.6"],
     "pl_oliver2018": ["method.name=pseudo_label", "method.schedule=oliver2018", "method.uratio=4"],
     "fixmatch": [],
-    "flexmatch": ["method.name=flexmatch"],
-    "freematch": ["method.name=freematch"],
+    # method.name drops the preset's method keys: give uratio again, or the Config default (7)
+    # silently unmatches the control (FixMatch here runs at the preset's 4)
+    "flexmatch": ["method.name=flexmatch", "method.uratio=4"],
+    "freematch": ["method.name=freematch", "method.uratio=4"],
     "noisy_student": ["method.name=noisy_student", "method.uratio=4", "method.per_class=1000"],
     # the paper lets the teacher learn alone for 3k steps before the student starts; here the
     # student waits method.student_wait_steps (100) and UDA ramps over method.uda_steps (300)

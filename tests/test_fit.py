@@ -20,10 +20,12 @@ def test_parse_budget():
 
 
 def test_choose_uses_the_budget_and_the_data():
-    c = choose(500, 5000, 30, "cpu", 600, lambda c: (0.5, 0.25))
+    c = choose(500, 5000, 30, "cpu", 600, lambda c: (0.5, 0.25), spent=lambda: 100.0)
     assert isinstance(c, Choices) and c.image_size == 32 and c.backbone == "convnet"
-    assert c.semisup_method == "fixmatch" and c.ssl_steps == int(0.5 * 0.85 * 600 / 0.5)
-    assert c.steps == int(0.5 * 0.85 * 600 / 0.25) and "measured" in c.reasons["steps"]
+    # 500 s left after measuring: 45% to SimCLR; FixMatch and the labels-only candidate (same
+    # steps, a step costing 1 / (1 + 2 x uratio 4) of FixMatch's) share the rest
+    assert c.semisup_method == "fixmatch" and c.ssl_steps == int(0.45 * 500 / 0.5)
+    assert c.steps == int(0.55 * 500 / (0.25 * (1 + 1 / 9))) and "measuring" in c.reasons["steps"]
     c = choose(500, 0, 400, "cuda", None)
     assert (c.image_size, c.backbone, c.semisup_method) == (96, "resnet18", "supervised")
     assert choose(500, 0, 400, "cpu", None).image_size == 64

@@ -125,3 +125,29 @@ def test_fit_export_predict_agree_with_an_independent_preprocessing(tmp_path):
         k = int(probs[0].argmax())
         assert pre["classes"][k] == r["class"], path
         assert abs(float(probs[0, k]) - float(r["confidence"])) < 1e-4, path
+
+
+def test_fit_killed_in_stage_two_resumes_with_the_same_command(tmp_path, monkeypatch, capsys):
+    import selfsup.fit as fit_mod
+
+    ds = _digits()
+    idx = np.concatenate([np.flatnonzero(ds.labels == c)[:6] for c in (0, 1)])
+    _write(tmp_path / "lab", ds, idx)
+    _write(tmp_path / "unl", ds, np.flatnonzero(ds.labels <= 1)[10:40], classes=False)
+    args = ["fit", str(tmp_path / "lab"), "--unlabeled", str(tmp_path / "unl"), "-o",
+            str(tmp_path / "fit"), *FAST]
+    real = fit_mod.train_semisup
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_mod, "train_semisup", killed)
+    assert main(args) == 130
+    assert "resume" in capsys.readouterr().err
+    pre = tmp_path / "fit" / "pretrain" / "encoder.safetensors"
+    assert pre.exists()        # stage 1 finished and is kept
+    mtime = pre.stat().st_mtime_ns
+    monkeypatch.setattr(fit_mod, "train_semisup", real)
+    assert main(args) == 0     # the same command finishes the fit without redoing stage 1
+    assert pre.stat().st_mtime_ns == mtime
+    assert (tmp_path / "fit" / "classifier" / "model.safetensors").exists()

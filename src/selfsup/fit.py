@@ -94,10 +94,23 @@ class Choices:
     reasons: dict = field(default_factory=dict)
 
 
+SSL_SHARE = 0.45          # of the training time under --budget
+BUDGET_USE = 0.95         # of --budget planned for training; the rest: evaluation and the report
+REPORT_RESERVE_S = 8.0
+
+
+def stage2_steps(seconds: float, s_semi: float, c: "Choices") -> int:
+    """Semi-supervised steps that fit ``seconds`` together with the labels-only candidate of
+    the same length (whose step costs about 1 / (1 + 2 uratio) of a FixMatch step)."""
+    extra = 1.0 / (1.0 + 2.0 * c.uratio) if c.semisup_method != "supervised" else 0.0
+    return max(10, int(seconds / (s_semi * (1.0 + extra))))
+
+
 def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: float | None,
-           step_seconds=None) -> Choices:
+           step_seconds=None, spent=lambda: 0.0) -> Choices:
     """The recipe. ``step_seconds(choices)`` -> (seconds per SSL step, per semi-supervised step)
-    measures the two steps on this machine when a budget is given."""
+    measures the two steps on this machine when a budget is given; ``budget_s`` is the training
+    time and ``spent()`` what has been used of it so far (decoding, measuring)."""
     r: dict[str, str] = {}
     gpu = device.startswith("cuda")
     if side <= 48:
@@ -135,12 +148,16 @@ def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: f
                       f"{c.steps} semi-supervised steps")
     else:
         s_ssl, s_semi = step_seconds(c)
-        usable = 0.85 * budget_s  # evaluation, checkpoints and the report take the rest
-        c.ssl_steps = max(10, int(0.5 * usable / s_ssl))
-        c.steps = max(10, int(0.5 * usable / s_semi))
-        r["steps"] = (f"budget {budget_s:.0f} s: measured {s_ssl:.3f} s per pretraining step and "
-                      f"{s_semi:.3f} s per {semisup} step on this machine; half of 85% of the "
-                      f"budget to each")
+        usable = max(10.0, budget_s - spent())   # what is left after measuring and decoding
+        r["measured_s_per_step"] = {"ssl": s_ssl, "semi": s_semi}
+        c.ssl_steps = max(10, int(SSL_SHARE * usable / s_ssl))
+        c.steps = stage2_steps((1 - SSL_SHARE) * usable, s_semi, c)
+        r["steps"] = (f"budget: {usable:.0f} s of training left after measuring "
+                      f"{s_ssl:.3f} s per pretraining step and {s_semi:.3f} s per {semisup} "
+                      f"step on this machine; {100 * SSL_SHARE:.0f}% to pretraining, the rest to "
+                      f"{semisup}" + (" and the labels-only candidate (same steps)"
+                                      if semisup != "supervised" else "")
+                      + "; re-planned from the measured pretraining speed before stage 2")
     return c
 
 
@@ -291,7 +308,13 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     if budget_s is not None and progress:
         print("selfsup fit: measuring a training step of each stage on this machine ...",
               file=sys.stderr)
-    c = choose(n_train_lab, n_unl_files, side, device, budget_s, step_seconds)
+    planned = BUDGET_USE * budget_s - REPORT_RESERVE_S if budget_s else None
+    if resume and (out / "choices.json").exists():   # the same recipe as the killed run
+        saved = json.loads((out / "choices.json").read_text())
+        c = Choices(**{k: saved[k] for k in Choices.__dataclass_fields__ if k in saved})
+    else:
+        c = choose(n_train_lab, n_unl_files, side, device, planned, step_seconds,
+                   spent=lambda: time.time() - t_start)
     c.val_fraction = 0.2 if use_val else 0.0
     c.reasons["val_fraction"] = (
         "20% of each class held out to choose between models and calibrate predict's flag"
@@ -327,9 +350,10 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     ssl_total = len(train_idx) + (len(unl) if unl else 0)
     c.ssl_batch = max(2, min(c.ssl_batch, ssl_total))
     ssl_cfg, semi_cfg = _stage_configs(c, overrides, seed)
-    usable = 0.85 * budget_s if budget_s else None
+    usable = planned
     if usable:   # each stage ends by the clock too: the budget holds even when steps run slow
-        ssl_cfg = apply_overrides(ssl_cfg, [f"train.time_limit={0.45 * usable:.1f}"])
+        left = usable - (time.time() - t_start)
+        ssl_cfg = apply_overrides(ssl_cfg, [f"train.time_limit={max(5.0, SSL_SHARE * left):.1f}"])
     # 1. self-supervised pretraining on every image but the validation ones
     ssl_train = concat_unlabeled(lab.subset(train_idx), unl)
     ssl_train = ImageDataset(ssl_train.images, np.where(np.arange(len(ssl_train)) < len(train_idx),
@@ -338,8 +362,12 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     if progress:
         print(f"selfsup fit: 1/3 self-supervised pretraining ({c.ssl_method}, {c.ssl_steps} steps)",
               file=sys.stderr)
-    ssl_dir, ssl_summary = pretrain(ssl_cfg, out / "pretrain",
-                                    datasets=(ssl_train, lab.subset(val_idx) if use_val else None))
+    ssl_dir = out / "pretrain"
+    if (ssl_dir / "summary.json").exists() and (ssl_dir / "encoder.safetensors").exists():
+        ssl_summary = json.loads((ssl_dir / "summary.json").read_text())   # resumed: done
+    else:
+        ssl_dir, ssl_summary = pretrain(ssl_cfg, ssl_dir, datasets=(
+            ssl_train, lab.subset(val_idx) if use_val else None))
     # 2. semi-supervised training from the pretrained encoder, and labels-only from the same
     #    encoder with the same steps, augmentation, optimizer and EMA; the better on validation
     #    is kept (fit is never knowingly worse than labels alone)
@@ -350,6 +378,19 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     val_ds = lab.subset(val_idx) if use_val else None
     data = SemisupData(full=lab, train=train_view, val=val_ds, test=test_ds, record=split_record)
     remaining = usable - (time.time() - t_start) if usable else None
+    if (remaining is not None and "steps" not in forced and ssl_summary.get("steps")
+            and ssl_summary.get("train_seconds")
+            and not (out / "candidates").exists()):
+        # re-plan stage 2 from how fast stage 1 really ran (data path, evaluations included)
+        measured = c.reasons.get("measured_s_per_step") or {}
+        real = ssl_summary["train_seconds"] / max(1, ssl_summary["steps"])
+        ratio = real / measured["ssl"] if measured.get("ssl") else 1.0
+        semi_s = measured.get("semi") or real
+        c.steps = stage2_steps(max(5.0, remaining), semi_s * ratio, c)
+        c.reasons["steps"] += (f"; stage 1 ran at {real:.3f} s per step ({ratio:.2f}x the "
+                               f"measurement): {c.steps} steps for the {remaining:.0f} s left")
+        (out / "choices.json").write_text(json.dumps(c.__dict__, indent=1))
+        ssl_cfg, semi_cfg = _stage_configs(c, overrides, seed)
     candidates = {c.semisup_method: semi_cfg}
     if c.semisup_method != "supervised":
         candidates["labels_only"] = apply_overrides(semi_cfg, ["method.name=supervised"])
@@ -363,7 +404,11 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
         if progress:
             print(f"selfsup fit: {2 + i}/3 {name} from the pretrained encoder "
                   f"({cfg.train.steps} steps)", file=sys.stderr)
-        d, summ = train_semisup(cfg, out / "candidates" / name, init=ssl_dir, data=data)
+        d = out / "candidates" / name
+        if (d / "summary.json").exists() and (d / "model.safetensors").exists():
+            summ = json.loads((d / "summary.json").read_text())             # resumed: done
+        else:
+            d, summ = train_semisup(cfg, d, init=ssl_dir, data=data)
         runs[name] = (d, summ)
     comparison = _compare(runs, c.semisup_method, val_ds, device)
     kept_dir, clf_summary = runs[comparison["kept"]]
