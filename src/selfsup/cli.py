@@ -54,6 +54,14 @@ def _cmd_semisup(args) -> int:
 
 
 def _cmd_fit(args) -> int:
+    from pathlib import Path
+
+    # the commonest careless input, answered before torch is imported (about 2 s)
+    for path, what in ((args.labeled, "labeled folder"), (args.unlabeled, "--unlabeled"),
+                       (args.test, "--test")):
+        if path is not None and not Path(path).expanduser().exists():
+            print(f"selfsup: error: {what} {path}: no such file or folder", file=sys.stderr)
+            return 2
     from .fit import fit
 
     forced = {"image_size": args.image_size, "backbone": args.backbone,
@@ -396,21 +404,26 @@ def main(argv=None) -> int:
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    from .config import ConfigError
-    from .data import DataError
-    from .pretrain import RunDirError
-    from .registry import UnknownNameError
-    from .train.checkpoint import UnsafeCheckpointError
-
     try:
         return args.func(args)
-    except (ConfigError, DataError, RunDirError, UnknownNameError, UnsafeCheckpointError) as e:
-        print(f"selfsup: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("selfsup: interrupted; re-run the same command to resume from the last checkpoint",
               file=sys.stderr)
         return 130
+    except Exception as e:
+        # user-facing errors: one line, no traceback (imported here, only when something failed,
+        # so that a mistyped folder is answered before torch is imported)
+        from .config import ConfigError
+        from .data import DataError
+        from .pretrain import RunDirError
+        from .registry import UnknownNameError
+        from .train.checkpoint import UnsafeCheckpointError
+
+        if isinstance(e, (ConfigError, DataError, RunDirError, UnknownNameError,
+                          UnsafeCheckpointError)):
+            print(f"selfsup: error: {e}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":
