@@ -65,7 +65,7 @@ def test_fit_then_predict_and_export(tmp_path, capsys):
     # the report: one self-contained page with every figure
     page = (out / "report.html").read_text()
     for title in ("Training", "Label efficiency", "Embedding map", "Nearest neighbours",
-                  "Classifier on the validation split", "Most confident mistakes",
+                  "Classifier on the test set", "Most confident mistakes",
                   "Collapse check", "Data report"):
         assert f"<h2>{title}" in page, title
     n_img = page.count("<img src=\"data:image/png;base64,")

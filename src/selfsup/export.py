@@ -150,6 +150,10 @@ def export_model(run_dir: str | Path, out_dir: str | Path, check_images: list[st
     if len(x8) == 0:
         raise DataError("no readable images to check the ONNX export against; pass --check PATH")
     dep = Deployable(model, mean, std).eval()
+    import sys
+
+    print(f"selfsup export: writing the ONNX graph and checking it against PyTorch on "
+          f"{len(x8)} real images ...", file=sys.stderr)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

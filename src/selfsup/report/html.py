@@ -319,27 +319,48 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
             from ..semisupervised import load_classifier
 
             model, meta = load_classifier(clf)
-            logits = _features(model, val_ds)
+            facts["val_acc"] = float((_features(model, val_ds).argmax(1) == val_ds.labels).mean())
+            # judged on the test set when the fit had one (the validation split is small)
+            judge, where = val_ds, "validation split"
+            test_path = (json.loads((run_dir / "fit.json").read_text()).get("test")
+                         if (run_dir / "fit.json").exists() else None)
+            if test_path:
+                try:
+                    from ..data import load_dataset
+
+                    judge = load_dataset("folder", path=test_path,
+                                         image_size=ccfg.data.image_size,
+                                         progress=False).aligned_to(classes)
+                    where = "test set"
+                except Exception:
+                    judge, where = val_ds, "validation split"
+            logits = _features(model, judge)
             probs = torch.from_numpy(logits).softmax(1).numpy()
             pred, conf = probs.argmax(1), probs.max(1)
-            uri, per_class = _confusion(val_ds.labels, pred, classes)
-            acc = float((pred == val_ds.labels).mean())
-            facts["val_acc"] = acc
-            sections.append(_section("Classifier on the validation split",
-                                     f"<p>accuracy <b>{acc:.3f}</b> on {len(val_ds)} held-out "
-                                     f"labeled images</p>" + _img(uri, "confusion matrix")
-                                     + _table(per_class)))
-            wrong = np.flatnonzero(pred != val_ds.labels)
+            uri, per_class = _confusion(judge.labels, pred, classes)
+            acc = float((pred == judge.labels).mean())
+            n = len(judge)
+            half = 1.96 * np.sqrt(max(acc * (1 - acc), 1e-12) / n)
+            if where == "test set":
+                facts["test_acc"] = acc
+            sections.append(_section(f"Classifier on the {where}",
+                                     f"<p>accuracy <b>{acc:.3f}</b> (about ± {half:.3f} at 95%) "
+                                     f"on {n} held-out labeled images"
+                                     + (" (per-class rows below rest on fewer images each: read "
+                                        "them with that in mind)" if n < 200 else "") + "</p>"
+                                     + _img(uri, "confusion matrix") + _table(per_class)))
+            wrong = np.flatnonzero(pred != judge.labels)
             worst = wrong[np.argsort(-conf[wrong])][:8]
             if len(worst):
-                grid = _image_grid([[_thumb(val_ds.images[i]) for i in worst]],
-                                   [[f"{classes[pred[i]]} {conf[i]:.2f}\n(true {classes[val_ds.labels[i]]})"
-                                     for i in worst]], "most confident mistakes")
+                grid = _image_grid([[_thumb(judge.images[i]) for i in worst]],
+                                   [[f"{classes[pred[i]]} {conf[i]:.2f}\n(true "
+                                     f"{classes[judge.labels[i]]})" for i in worst]],
+                                   "most confident mistakes")
                 sections.append(_section("Most confident mistakes", _img(
                     grid, "predicted class and confidence, with the true class")))
             else:
                 sections.append(_section("Most confident mistakes",
-                                         "<p>no mistakes on the validation split</p>"))
+                                         f"<p>no mistakes on the {where}</p>"))
     else:
         sections.append(_section("Evaluation", "<p class=note>no labeled validation or test "
                                  "images in this run: label efficiency, confusion matrix, maps "
@@ -352,7 +373,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
                                                    "effective_rank", "knn20_acc", "linear_acc")
            if k in ev]
     col.append({"metric": "collapsed during training", "value": pre_summary.get("collapsed")})
-    sections.append(_section("Collapse check (pretrained features)", _table(col)))
+    sections.append(_section("Collapse check (pretrained features)", _table(col) + (
+        "<p class=note>embed_std is the standard deviation of the L2-normalised embeddings per "
+        "dimension; a healthy (uniformly spread) embedding has about 1/sqrt(d) "
+        "(embed_std_healthy). effective_rank is exp(entropy) of the normalised singular values. "
+        "The run counts as collapsed when the std falls below a tenth of the healthy value or "
+        "the effective rank below 1.5 (or 1% of d): a lower std or rank with 'collapsed: False' "
+        "means the features concentrate in few directions without collapsing to a point, "
+        "common after short pretraining on few images.</p>")))
     rep_rows = []
     for d in (pre, clf):
         if d is not None and (d / "data_report.json").exists():
