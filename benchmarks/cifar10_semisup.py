@@ -121,6 +121,13 @@ def main() -> None:
             a.results = "benchmarks/results/cifar10_semisup_v2.jsonl"
         if a.out_dir == ap.get_default("out_dir"):
             a.out_dir = "runs/cifar10_semisup_v2"
+    if a.v2:
+        # Lee (2013) on the v2 footing: the unlabeled weight starts ramping once labels-only has
+        # plateaued (step ~600 = 1.55 epochs of 128 unlabeled images per step over 49,500) and
+        # reaches alpha_f at step ~1,400 (3.62 epochs); no dropout, as its labels-only control
+        VARIANTS["pl_lee2013"] = ["method.name=pseudo_label", "method.schedule=lee2013",
+                                  "method.uratio=4", "method.t1=1.55", "method.t2=3.62",
+                                  "method.dropout=0.0"]
     torch.set_num_threads(2)
     res = Path(a.results)
     res.parent.mkdir(parents=True, exist_ok=True)

@@ -151,3 +151,23 @@ def test_fit_killed_in_stage_two_resumes_with_the_same_command(tmp_path, monkeyp
     assert main(args) == 0     # the same command finishes the fit without redoing stage 1
     assert pre.stat().st_mtime_ns == mtime
     assert (tmp_path / "fit" / "classifier" / "model.safetensors").exists()
+
+
+def test_careless_inputs_are_answered_before_torch_is_imported(tmp_path):
+    """One class, a missing folder, an unreadable budget: refused without importing torch (which
+    takes seconds, a minute on a loaded machine)."""
+    import subprocess
+    import sys
+
+    one = tmp_path / "one" / "cat"
+    one.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(one / "a.png")
+    for args in ([str(tmp_path / "one")], [str(tmp_path / "nope")],
+                 [str(tmp_path / "one"), "--budget", "soon"]):
+        code = ("import sys; from selfsup.cli import main; rc = main(['fit', *sys.argv[1:], '-o', "
+                f"{str(tmp_path / 'out')!r}]); assert rc == 2, rc; "
+                "assert 'torch' not in sys.modules, 'torch imported'")
+        res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

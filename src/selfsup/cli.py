@@ -56,17 +56,27 @@ def _cmd_semisup(args) -> int:
 def _cmd_fit(args) -> int:
     from pathlib import Path
 
-    # the commonest careless input, answered before torch is imported (about 2 s)
+    # careless inputs are answered before torch is imported (that takes seconds)
     for path, what in ((args.labeled, "labeled folder"), (args.unlabeled, "--unlabeled"),
                        (args.test, "--test")):
         if path is not None and not Path(path).expanduser().exists():
             print(f"selfsup: error: {what} {path}: no such file or folder", file=sys.stderr)
             return 2
-    from .fit import fit
+    from .fitcheck import fit_record, parse_budget, preflight
 
+    try:
+        parse_budget(args.budget)
+    except ValueError as e:
+        print(f"selfsup: error: {e}", file=sys.stderr)
+        return 2
     forced = {"image_size": args.image_size, "backbone": args.backbone,
               "ssl_steps": args.ssl_steps, "steps": args.steps, "ssl_method": args.ssl_method,
               "semisup_method": args.semisup_method}
+    preflight(args.labeled, Path(args.out), args.unlabeled, args.test, args.overwrite,
+              fit_record(args.labeled, args.unlabeled, args.test, args.budget, args.seed,
+                         args.overrides, forced))
+    from .fit import fit
+
     summary = fit(args.labeled, args.out, unlabeled=args.unlabeled, test=args.test,
                   budget=args.budget, overrides=args.overrides, forced=forced, seed=args.seed,
                   overwrite=args.overwrite)
@@ -413,8 +423,12 @@ def main(argv=None) -> int:
     except Exception as e:
         # user-facing errors: one line, no traceback (imported here, only when something failed,
         # so that a mistyped folder is answered before torch is imported)
+        from .data.sources import DataError
+
+        if isinstance(e, DataError):      # without importing torch
+            print(f"selfsup: error: {e}", file=sys.stderr)
+            return 2
         from .config import ConfigError
-        from .data import DataError
         from .pretrain import RunDirError
         from .registry import UnknownNameError
         from .train.checkpoint import UnsafeCheckpointError

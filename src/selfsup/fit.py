@@ -28,22 +28,11 @@ from .config import RunConfig, apply_overrides, load_config
 from .data import ImageDataset, load_dataset
 from .data.sources import DataError, open_source
 from .data.splits import stratified_split
+from .fitcheck import (FIT_ENTRIES, MIN_PER_CLASS_FOR_VALIDATION, _clear_fit,  # noqa: F401
+                       _label_counts, fit_record, parse_budget, preflight)
 from .pretrain import RunDirError, pretrain
 from .semisupervised import SemisupData, train_semisup
 from .train.loop import resolve_device
-
-
-def parse_budget(text: str | None) -> float | None:
-    """'90s', '30m', '2h', '1h30m' or a number of minutes -> seconds."""
-    if text is None:
-        return None
-    t = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", t):
-        return float(t) * 60
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", t)
-    if not parts or "".join(a + b for a, b in parts) != t.replace(" ", ""):
-        raise ValueError(f"--budget: cannot read '{text}'; write e.g. 90s, 30m, 2h or 1h30m")
-    return sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in parts)
 
 
 def typical_side(path: str | Path, n: int = 64) -> int:
@@ -183,78 +172,6 @@ def _time_steps(cfg: RunConfig, x: torch.Tensor, labels: torch.Tensor, n: int = 
     return float(np.median(times))
 
 
-FIT_ENTRIES = {"choices.json", "fit.json", "summary.json", "report.html", "report.json",
-               "pretrain", "candidates", "classifier", "summary.json.tmp"}
-MIN_PER_CLASS_FOR_VALIDATION = 5
-
-
-def _label_counts(labeled: str | Path) -> dict[str, int]:
-    """Images per class of the labeled source, from the file listing (nothing decoded)."""
-    src = open_source(labeled)
-    items = getattr(src, "items", None)
-    if items is None:          # archives list their members while they are read
-        for _ in src.iter_bytes():
-            pass
-        items = getattr(src, "items", [])
-    counts: dict[str, int] = {}
-    for it in items:
-        if it.label is not None:
-            counts[it.label] = counts.get(it.label, 0) + 1
-    return counts
-
-
-def preflight(labeled, out: Path, unlabeled=None, test=None, overwrite: bool = False,
-              record: dict | None = None) -> tuple[dict[str, int], bool]:
-    """Every check that can refuse a fit, before anything is written: the labels (at least two
-    classes, each with an image), the other folders, and the output folder (a new or empty
-    folder, an unfinished fit of the same data to resume, or with ``overwrite`` an earlier fit
-    folder holding nothing else). Returns (images per class, resume?)."""
-    counts = _label_counts(labeled)
-    if not counts:
-        raise DataError(f"{labeled}: no labeled images found: put the labeled images in one "
-                        f"sub-folder per class, or give a CSV of path,label")
-    if len(counts) < 2:
-        raise DataError(f"{labeled}: only one class ({next(iter(counts))!r}); a classifier needs "
-                        f"labeled images of at least two classes (one sub-folder per class)")
-    for path, what in ((unlabeled, "--unlabeled"), (test, "--test")):
-        if path is not None and not Path(path).expanduser().exists():
-            raise DataError(f"{what} {path}: no such file or folder")
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{out} is a file; choose another --out")
-    if not out.exists() or not any(out.iterdir()):
-        return counts, False
-    if not (out / "fit.json").exists():
-        raise RunDirError(f"{out} is not empty and is not a selfsup fit folder; choose another "
-                          f"--out (nothing in it was changed)")
-    stray = sorted(p.name for p in out.iterdir() if p.name not in FIT_ENTRIES)
-    same = record is not None and json.loads((out / "fit.json").read_text()) == record
-    finished = (out / "summary.json").exists()
-    if overwrite:
-        if stray:
-            raise RunDirError(f"{out} also holds {', '.join(stray[:5])}, which fit did not write; "
-                              f"--overwrite only replaces an earlier fit: choose another --out")
-        return counts, False
-    if finished:
-        raise RunDirError(f"{out} already holds a finished fit; choose another --out, or pass "
-                          f"--overwrite to replace it")
-    if not same:
-        raise RunDirError(f"{out} holds an unfinished fit of other data or settings; re-run "
-                          f"that command to resume it, choose another --out, or pass "
-                          f"--overwrite to replace it")
-    return counts, True
-
-
-def _clear_fit(out: Path) -> None:
-    import shutil
-
-    for name in FIT_ENTRIES:
-        p = out / name
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
-
-
 def fit(labeled: str | Path, out: str | Path, unlabeled: str | Path | None = None,
         test: str | Path | None = None, budget: str | None = None, overrides: list[str] = (),
         forced: dict | None = None, seed: int = 0, progress: bool = True,
@@ -262,9 +179,7 @@ def fit(labeled: str | Path, out: str | Path, unlabeled: str | Path | None = Non
     out = Path(out)
     budget_s = parse_budget(budget)
     forced = {k: v for k, v in (forced or {}).items() if v is not None}
-    record = {"labeled": str(labeled), "unlabeled": str(unlabeled) if unlabeled else None,
-              "test": str(test) if test else None, "budget": budget, "seed": seed,
-              "overrides": list(overrides), "forced": forced}
+    record = fit_record(labeled, unlabeled, test, budget, seed, overrides, forced)
     counts, resume = preflight(labeled, out, unlabeled, test, overwrite, record)
     created = not out.exists()
     try:
