@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ss = sub.add_parser("semisup", help="train a classifier from a few labels + unlabeled images",
                         description="Semi-supervised training (supervised, pseudo_label, fixmatch, "
+                        "flexmatch, freematch, "
                         "distill, noisy_student, mpl: set method.name or use a preset). Labels: "
                         "data.labels_per_class per class chosen by seed (the rest unlabeled); "
                         "data.val_per_class per class held out for model selection. Writes a run "
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("fit", help="labeled (+ unlabeled) photos -> a classifier, in one command",
                         description="Look at the data, choose a recipe (input size, backbone, "
                         "steps; printed and saved in OUT/choices.json), pretrain SimCLR on every "
-                        "image, train FixMatch from it on the labels (labels-only fine-tuning if "
+                        "image, train FlexMatch from it on the labels (labels-only fine-tuning if "
                         "there are no unlabeled images) and labels-only fine-tuning beside it, keep "
                         "whichever is more accurate on a validation split held out per class "
                         "(20 percent; none when a class has fewer than 5 labels), evaluate on "
@@ -319,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--ssl-method", default=None,
                     help="self-supervised method of stage 1 (default simclr)")
     ft.add_argument("--semisup-method", default=None,
-                    help="semi-supervised method of stage 2 (default fixmatch when there are "
-                    "unlabeled images; e.g. flexmatch, freematch, supervised)")
+                    help="semi-supervised method of stage 2 (default flexmatch when there are "
+                    "unlabeled images; e.g. fixmatch, freematch, supervised)")
     ft.add_argument("--ssl-steps", type=int, default=None, help="pretraining steps")
     ft.add_argument("--steps", type=int, default=None, help="semi-supervised steps")
     ft.add_argument("--seed", type=int, default=0, help="seed of the split and the training")

@@ -3,8 +3,8 @@ this toolkit can make of them within a budget, with every choice printed and sav
 
 Pipeline: look at the data (image sizes, counts per class) -> choose a recipe (input size,
 backbone, steps) from the data, the device and the time budget -> self-supervised pretraining
-(SimCLR) on every image, labeled or not -> semi-supervised training (FixMatch started from the
-pretrained encoder; labels-only fine-tuning when there are no unlabeled images) -> evaluation on a
+(SimCLR) on every image, labeled or not -> semi-supervised training (FlexMatch started from the
+pretrained encoder) and labels-only fine-tuning beside it, the better on validation kept -> evaluation on a
 held-out validation split (and a test set when given) -> ``OUT/`` with ``choices.json``,
 ``pretrain/``, ``classifier/`` (``model.safetensors`` for predict/export) and ``summary.json``.
 Any choice can be overridden (``--image-size``, ``--backbone``, ``--ssl-steps``, ``--steps``,
@@ -121,13 +121,16 @@ def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: f
     total = n_labeled + n_unlabeled
     ssl_batch = min(256, max(16, total // 4))
     batch = min(64, max(4, n_labeled // 4))
-    semisup = "fixmatch" if n_unlabeled >= n_labeled else "supervised"
+    semisup = "flexmatch" if n_unlabeled >= n_labeled else "supervised"
     r["ssl_method"] = ("SimCLR: the best self-supervised method of the CPU protocol "
                        "(BENCHMARKS.md section 3)")
-    r["semisup_method"] = (f"FixMatch from the SimCLR encoder: {n_unlabeled} unlabeled images to "
-                           f"learn from" if semisup == "fixmatch" else
-                           "fine-tuning the SimCLR encoder on the labels (no unlabeled images)")
-    uratio = 4.0 if semisup == "fixmatch" else 0.0
+    r["semisup_method"] = (
+        f"FlexMatch from the SimCLR encoder ({n_unlabeled} unlabeled images to learn from): on "
+        f"the semi-supervised protocol v2 (BENCHMARKS.md section 4.1) it led FixMatch and "
+        f"labels-only at equal steps; a labels-only candidate is trained beside it and the "
+        f"better one on validation is kept" if semisup != "supervised" else
+        "fine-tuning the SimCLR encoder on the labels (no unlabeled images)")
+    uratio = 4.0 if semisup != "supervised" else 0.0
     c = Choices(device, size, backbone, width, "simclr", 0, ssl_batch, semisup, 0, batch, uratio,
                 0.2, r)
     if budget_s is None or step_seconds is None:
@@ -436,7 +439,9 @@ def _stage_configs(c: Choices, overrides, seed: int) -> tuple[RunConfig, RunConf
                         f"train.eval_every={max(1, c.steps // 10)}", "data.test_split=",
                         "data.split=", "data.labels_per_class=", "data.val_per_class=0",
                         "train.threads=0"]
-                       + ([f"method.uratio={c.uratio}"] if c.semisup_method == "fixmatch" else []))
+                       # method.name drops the preset's method keys: uratio is given again
+                       + ([f"method.uratio={c.uratio or 4.0}"]
+                          if c.semisup_method != "supervised" else []))
     if overrides:
         ssl, semi = apply_overrides(ssl, list(overrides)), apply_overrides(semi, list(overrides))
     return ssl, semi
