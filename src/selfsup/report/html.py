@@ -168,7 +168,7 @@ def _image_grid(rows: list[list[np.ndarray]], captions: list[list[str]], title: 
     return _png(fig)
 
 
-def _confusion(y_true, y_pred, classes) -> tuple[str, list]:
+def _confusion(y_true, y_pred, classes, where: str = "validation split") -> tuple[str, list]:
     from sklearn.metrics import confusion_matrix
 
     k = len(classes)
@@ -184,7 +184,7 @@ def _confusion(y_true, y_pred, classes) -> tuple[str, list]:
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true",
-           title="Confusion matrix (validation split)")
+           title=f"Confusion matrix ({where})")
     ax.set_xticklabels(classes, rotation=90, fontsize=7)
     ax.set_yticklabels(classes, fontsize=7)
     return _png(fig), per_class
@@ -337,7 +337,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
             logits = _features(model, judge)
             probs = torch.from_numpy(logits).softmax(1).numpy()
             pred, conf = probs.argmax(1), probs.max(1)
-            uri, per_class = _confusion(judge.labels, pred, classes)
+            uri, per_class = _confusion(judge.labels, pred, classes, where)
             acc = float((pred == judge.labels).mean())
             n = len(judge)
             half = 1.96 * np.sqrt(max(acc * (1 - acc), 1e-12) / n)
