@@ -31,6 +31,7 @@ from .data.splits import stratified_split
 from .fitcheck import (FIT_ENTRIES, MIN_PER_CLASS_FOR_VALIDATION, _clear_fit,  # noqa: F401
                        _label_counts, fit_record, parse_budget, preflight)
 from .pretrain import RunDirError, pretrain
+from .runfiles import write_json
 from .semisupervised import SemisupData, train_semisup
 from .train.loop import resolve_device
 
@@ -249,8 +250,8 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
         print(f"selfsup fit: --overwrite: replacing the earlier fit in {out}", file=sys.stderr)
         _clear_fit(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fit.json").write_text(json.dumps(record, indent=1))
-    (out / "choices.json").write_text(json.dumps(c.__dict__, indent=1))
+    write_json(out / "fit.json", record)
+    write_json(out / "choices.json", c.__dict__)
     print("selfsup fit: choices (saved in choices.json):", file=sys.stderr)
     for k, v in c.__dict__.items():
         if k != "reasons":
@@ -308,7 +309,7 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
         c.steps = stage2_steps(max(5.0, remaining), semi_s * ratio, c)
         c.reasons["steps"] += (f"; stage 1 ran at {real:.3f} s per step ({ratio:.2f}x the "
                                f"measurement): {c.steps} steps for the {remaining:.0f} s left")
-        (out / "choices.json").write_text(json.dumps(c.__dict__, indent=1))
+        write_json(out / "choices.json", c.__dict__)
         ssl_cfg, semi_cfg = _stage_configs(c, overrides, seed)
     candidates = {c.semisup_method: semi_cfg}
     if c.semisup_method != "supervised":
@@ -340,7 +341,7 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     from .inference import calibrate_flag
 
     calib = calibrate_flag(clf_dir, val_ds, device)
-    (clf_dir / "calibration.json").write_text(json.dumps(calib, indent=1))
+    write_json(clf_dir / "calibration.json", calib)
     headline = _headline(clf_dir, test_ds, device) if test_ds is not None else None
     summary = {"labeled": len(lab), "classes": lab.classes, "validation": len(val_idx),
                "unlabeled": len(unl) if unl else 0, "test": len(test_ds) if test_ds else 0,
@@ -355,15 +356,13 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
                    "test_acc_final", "test_acc_at_best_val", "test_acc_median_last",
                    "stopped_by_time")},
                "model": str(clf_dir / "model.safetensors"), "budget_seconds": budget_s}
-    (out / "summary.json.tmp").write_text(json.dumps(summary, indent=1))
     if progress:
         print("selfsup fit: writing the report ...", file=sys.stderr)
     from .report.html import build_report
 
     summary["report"] = str(build_report(out, seed=seed, summary=summary))
     summary["seconds"] = round(time.time() - t_start, 1)
-    (out / "summary.json.tmp").write_text(json.dumps(summary, indent=1))
-    (out / "summary.json.tmp").replace(out / "summary.json")
+    write_json(out / "summary.json", summary)
     print(f"selfsup fit: kept {comparison['kept']} ({comparison['reason']}); report written to "
           f"{summary['report']}", file=sys.stderr)
     return summary

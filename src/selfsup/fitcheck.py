@@ -38,7 +38,7 @@ def fit_record(labeled, unlabeled, test, budget, seed, overrides, forced) -> dic
 
 
 FIT_ENTRIES = {"choices.json", "fit.json", "summary.json", "report.html", "report.json",
-               "pretrain", "candidates", "classifier", "summary.json.tmp"}
+               "pretrain", "candidates", "classifier"}
 MIN_PER_CLASS_FOR_VALIDATION = 5
 
 
@@ -80,7 +80,8 @@ def preflight(labeled, out: Path, unlabeled=None, test=None, overwrite: bool = F
     if not (out / "fit.json").exists():
         raise FitDirError(f"{out} is not empty and is not a selfsup fit folder; choose another "
                           f"--out (nothing in it was changed)")
-    stray = sorted(p.name for p in out.iterdir() if p.name not in FIT_ENTRIES)
+    stray = sorted(p.name for p in out.iterdir() if p.name not in FIT_ENTRIES
+                   and not re.fullmatch(r"\..+\.tmp-\d+", p.name))   # a killed write's temp file
     same = record is not None and json.loads((out / "fit.json").read_text()) == record
     finished = (out / "summary.json").exists()
     if overwrite:
