@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,9 +27,9 @@ from .config import RunConfig, apply_overrides, load_config
 from .data import ImageDataset, load_dataset
 from .data.sources import DataError, open_source
 from .data.splits import stratified_split
-from .fitcheck import (FIT_ENTRIES, MIN_PER_CLASS_FOR_VALIDATION, _clear_fit,  # noqa: F401
-                       _label_counts, fit_record, parse_budget, preflight)
-from .pretrain import RunDirError, pretrain
+from .fitcheck import (MIN_PER_CLASS_FOR_VALIDATION, _clear_fit, fit_record,  # noqa: F401
+                       parse_budget, preflight)
+from .pretrain import pretrain
 from .runfiles import write_json
 from .semisupervised import SemisupData, train_semisup
 from .train.loop import resolve_device
