@@ -23,6 +23,8 @@ def _training_config(args):
         overrides.append("data.strict=true")
     if args.overwrite:
         overrides.append("train.overwrite=true")
+    if getattr(args, "allow_data_change", False):
+        overrides.append("train.allow_data_change=true")
     return load_config(args.preset, overrides)
 
 
@@ -240,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--strict", action="store_true", help="fail on unreadable images")
     pt.add_argument("--overwrite", action="store_true",
                     help="replace a finished run in --out (never needed to resume)")
+    pt.add_argument("--allow-data-change", action="store_true",
+                    help="resume even though the training images changed since the run started "
+                    "(refused by default)")
     pt.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     pt.set_defaults(func=_cmd_pretrain)
 
@@ -258,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--out", "-o", default=None, help="run directory (default runs/<method>-<time>)")
     ss.add_argument("--overwrite", action="store_true",
                     help="replace a finished run in --out (never needed to resume)")
+    ss.add_argument("--allow-data-change", action="store_true",
+                    help="resume even though the training images changed since the run started "
+                    "(refused by default)")
     ss.add_argument("--init", default=None, help="start from a run directory: a self-supervised "
                     "run (its encoder: 'SSL + fine-tune') or a semi-supervised one (its classifier)")
     ss.add_argument("--rounds", type=int, default=2, help="noisy_student: student rounds after "

@@ -77,6 +77,7 @@ class TrainConfig:
     eval_every: int | None = None    # steps between monitor evals; None = once per epoch
     out_dir: str | None = None       # default runs/<method>-<timestamp>
     overwrite: bool = False          # replace a finished run in out_dir (CLI --overwrite)
+    allow_data_change: bool = False  # resume even if the training images changed since the start
     progress: bool = True
 
 

@@ -14,7 +14,6 @@ Any choice can be overridden (``--image-size``, ``--backbone``, ``--ssl-steps``,
 from __future__ import annotations
 
 import io
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,14 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import rundir
 from .config import RunConfig, apply_overrides, load_config
 from .data import ImageDataset, load_dataset
 from .data.sources import DataError, open_source
 from .data.splits import stratified_split
-from .fitcheck import (MIN_PER_CLASS_FOR_VALIDATION, _clear_fit, fit_record,  # noqa: F401
+from .fitcheck import (MIN_PER_CLASS_FOR_VALIDATION, FitDirError, _clear_fit, fit_record,  # noqa: F401,E501
                        parse_budget, preflight)
-from .pretrain import pretrain
-from .runfiles import write_json
+from .pretrain import pretrain, run_finished
+from .rundir import write_json
 from .semisupervised import SemisupData, train_semisup
 from .train.loop import resolve_device
 
@@ -191,11 +191,14 @@ def fit(labeled: str | Path, out: str | Path, unlabeled: str | Path | None = Non
                     counts, resume, overwrite, record)
     except BaseException:
         # a run that failed before its first checkpoint leaves nothing behind
-        if created and out.exists() and not any(out.rglob("last.pt")):
+        if created and rundir.is_run(out) and not any(out.rglob("last.pt")):
             import shutil
 
+            rundir.unlock(out)
             shutil.rmtree(out, ignore_errors=True)
         raise
+    finally:
+        rundir.unlock(out)
 
 
 def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed, progress,
@@ -229,7 +232,7 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
               file=sys.stderr)
     planned = BUDGET_USE * budget_s - REPORT_RESERVE_S if budget_s else None
     if resume and (out / "choices.json").exists():   # the same recipe as the killed run
-        saved = json.loads((out / "choices.json").read_text())
+        saved = rundir.read_json(out / "choices.json")
         c = Choices(**{k: saved[k] for k in Choices.__dataclass_fields__ if k in saved})
     else:
         c = choose(n_train_lab, n_unl_files, side, device, planned, step_seconds,
@@ -245,10 +248,15 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
         setattr(c, k, type(getattr(c, k))(v))
         c.reasons[k] = f"set on the command line: {v}"
     # nothing was written before this point: every refusal has happened
-    if overwrite and out.exists():
+    try:
+        rundir.create(out, "fit")           # the marker first; then one process at a time
+        rundir.lock(out)
+    except rundir.RunFileError as e:
+        raise FitDirError(str(e).replace("output folder", "--out")) from None
+    rundir.clean_temporaries(out)
+    if overwrite:
         print(f"selfsup fit: --overwrite: replacing the earlier fit in {out}", file=sys.stderr)
         _clear_fit(out)
-    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "fit.json", record)
     write_json(out / "choices.json", c.__dict__)
     print("selfsup fit: choices (saved in choices.json):", file=sys.stderr)
@@ -282,8 +290,8 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
         print(f"selfsup fit: 1/3 self-supervised pretraining ({c.ssl_method}, {c.ssl_steps} steps)",
               file=sys.stderr)
     ssl_dir = out / "pretrain"
-    if (ssl_dir / "summary.json").exists() and (ssl_dir / "encoder.safetensors").exists():
-        ssl_summary = json.loads((ssl_dir / "summary.json").read_text())   # resumed: done
+    if run_finished(ssl_dir) and (ssl_dir / "encoder.safetensors").exists():
+        ssl_summary = rundir.read_json(ssl_dir / "summary.json")   # resumed: done
     else:
         ssl_dir, ssl_summary = pretrain(ssl_cfg, ssl_dir, datasets=(
             ssl_train, lab.subset(val_idx) if use_val else None))
@@ -324,8 +332,8 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
             print(f"selfsup fit: {2 + i}/3 {name} from the pretrained encoder "
                   f"({cfg.train.steps} steps)", file=sys.stderr)
         d = out / "candidates" / name
-        if (d / "summary.json").exists() and (d / "model.safetensors").exists():
-            summ = json.loads((d / "summary.json").read_text())             # resumed: done
+        if run_finished(d) and (d / "model.safetensors").exists():
+            summ = rundir.read_json(d / "summary.json")             # resumed: done
         else:
             d, summ = train_semisup(cfg, d, init=ssl_dir, data=data)
         runs[name] = (d, summ)
@@ -333,10 +341,9 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     kept_dir, clf_summary = runs[comparison["kept"]]
     import shutil
 
-    if (out / "classifier").exists():
-        shutil.rmtree(out / "classifier")
-    shutil.copytree(kept_dir, out / "classifier")
     clf_dir = out / "classifier"
+    with rundir.atomic_path(clf_dir) as tmp:   # whole or absent, whenever the run is killed
+        shutil.copytree(kept_dir, tmp, ignore=shutil.ignore_patterns(rundir.LOCK))
     from .inference import calibrate_flag
 
     calib = calibrate_flag(clf_dir, val_ds, device)

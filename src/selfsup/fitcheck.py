@@ -5,11 +5,11 @@ second."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from .data.sources import DataError, open_source
+from .rundir import read_json
 
 
 class FitDirError(DataError):
@@ -38,7 +38,7 @@ def fit_record(labeled, unlabeled, test, budget, seed, overrides, forced) -> dic
 
 
 FIT_ENTRIES = {"choices.json", "fit.json", "summary.json", "report.html", "report.json",
-               "pretrain", "candidates", "classifier"}
+               "pretrain", "candidates", "classifier", ".selfsup-run", ".selfsup-lock"}
 MIN_PER_CLASS_FOR_VALIDATION = 5
 
 
@@ -82,7 +82,7 @@ def preflight(labeled, out: Path, unlabeled=None, test=None, overwrite: bool = F
                           f"--out (nothing in it was changed)")
     stray = sorted(p.name for p in out.iterdir() if p.name not in FIT_ENTRIES
                    and not re.fullmatch(r"\..+\.tmp-\d+", p.name))   # a killed write's temp file
-    same = record is not None and json.loads((out / "fit.json").read_text()) == record
+    same = record is not None and read_json(out / "fit.json", fix="re-run with --overwrite") == record
     finished = (out / "summary.json").exists()
     if overwrite:
         if stray:
@@ -102,7 +102,7 @@ def preflight(labeled, out: Path, unlabeled=None, test=None, overwrite: bool = F
 def _clear_fit(out: Path) -> None:
     import shutil
 
-    for name in FIT_ENTRIES:
+    for name in FIT_ENTRIES - {".selfsup-lock", ".selfsup-run"}:   # the lock is held by us
         p = out / name
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)

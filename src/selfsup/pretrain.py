@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import yaml
 
-from . import __version__, backbones
+from . import __version__, backbones, rundir
 from .augment.views import IMAGENET_MEAN, IMAGENET_STD
 from .config import ConfigError, RunConfig, config_from_dict
 from .data import ImageDataset, load_dataset
@@ -109,50 +109,134 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path("runs") / f"{cfg.method.get('name')}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
-    """Create the run directory, or check that an existing one is this same run (resume).
-    A finished run is replaced only with ``train.overwrite`` (CLI ``--overwrite``); a non-empty
-    folder that is not a selfsup run is never touched."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if run_dir.is_file():
-        raise RunDirError(f"{run_dir} is a file, not a run directory; choose another "
-                          f"train.out_dir")
-    if run_dir.is_dir() and not cfg_path.exists() and any(run_dir.iterdir()):
-        raise RunDirError(f"{run_dir} is not empty and is not a selfsup run directory; "
-                          f"choose another train.out_dir (nothing in it was changed)")
-    if cfg_path.exists() and cfg.train.overwrite and (run_dir / "summary.json").exists():
-        import shutil
+def run_finished(run_dir: Path) -> bool:
+    """A run is finished when its summary.json is complete (written last, atomically)."""
+    try:
+        rundir.read_json(Path(run_dir) / "summary.json")
+        return True
+    except rundir.RunFileError:
+        return False
 
+
+def _saved_config(run_dir: Path) -> dict | None:
+    """The configuration a run was started with: config.yaml, or, when that file is damaged,
+    the copy inside its checkpoint (then config.yaml is rebuilt from it). None: never trained."""
+    cfg_path = run_dir / "config.yaml"
+    try:
+        old = yaml.safe_load(rundir.read_text(cfg_path))
+        if isinstance(old, dict):
+            return old
+    except (rundir.RunFileError, yaml.YAMLError):
+        pass
+    from .train.checkpoint import load_resumable
+
+    ck, _ = load_resumable(run_dir / "checkpoints")
+    if ck is None:
+        return None
+    rundir.warn(f"{cfg_path} was damaged: rebuilt from the checkpoint's copy")
+    rundir.write_text(cfg_path, yaml.safe_dump(ck["config"], sort_keys=False))
+    return ck["config"]
+
+
+# settings that may change between a run and its resume (they do not change what is computed)
+RESUMABLE_KEYS = ("progress", "out_dir", "overwrite", "time_limit", "checkpoint_seconds",
+                  "allow_data_change")
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, kind: str = "run") -> None:
+    """Create and lock the run directory, or check that an existing one is this same run
+    (resume). A finished run is replaced only with ``train.overwrite`` (CLI ``--overwrite``); a
+    non-empty folder that selfsup did not make is never touched. The lock is held until
+    ``release_run_dir`` (or the end of the process)."""
+    run_dir = Path(run_dir)
+    try:
+        if not rundir.is_run(run_dir):
+            rundir.create(run_dir, kind)     # refuses a foreign non-empty folder, untouched
+    except rundir.RunFileError as e:
+        raise RunDirError(str(e).replace("output folder", "train.out_dir")) from None
+    rundir.lock(run_dir)
+    try:
+        _prepare_locked(cfg, run_dir, kind)
+    except BaseException:
+        rundir.unlock(run_dir)
+        raise
+
+
+def release_run_dir(run_dir: Path) -> None:
+    rundir.unlock(run_dir)
+
+
+def _prepare_locked(cfg: RunConfig, run_dir: Path, kind: str) -> None:
+    gone = rundir.clean_temporaries(run_dir)
+    if gone:
+        rundir.warn(f"removed {len(gone)} temporary file(s) of an interrupted write in {run_dir}")
+    cfg_path = run_dir / "config.yaml"
+    if cfg.train.overwrite and run_finished(run_dir):
         print(f"selfsup: --overwrite: replacing the finished run in {run_dir}", file=sys.stderr)
-        shutil.rmtree(run_dir)
-    if cfg_path.exists():
-        old = yaml.safe_load(cfg_path.read_text())
+        rundir.remove(run_dir, keep=(rundir.LOCK, rundir.MARKER))
+    old = _saved_config(run_dir) if cfg_path.exists() or (run_dir / "checkpoints").exists() \
+        else None
+    if old is not None:
         new = cfg.to_dict()
         diff = sorted(f"{s}.{k}" for s in set(old) | set(new)
                       for k in set(old.get(s, {})) | set(new.get(s, {}))
                       if old.get(s, {}).get(k) != new.get(s, {}).get(k)
-                      and not (s == "train" and k in ("progress", "out_dir", "overwrite",
-                                                      "time_limit", "checkpoint_seconds")))
+                      and not (s == "train" and k in RESUMABLE_KEYS))
         if diff:
             raise RunDirError(f"{run_dir} holds a run with a different configuration "
                               f"(differs in: {', '.join(diff)}); choose another train.out_dir")
-        if (run_dir / "summary.json").exists():
+        if run_finished(run_dir):
             raise RunDirError(f"{run_dir} already holds a finished run; choose another "
                               f"train.out_dir, or pass --overwrite (train.overwrite=true) to "
                               f"replace it")
         return
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"cannot create the run directory {run_dir}: {e.strerror or e}; "
-                          f"choose another train.out_dir") from None
-    cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    (run_dir / "run.json").write_text(json.dumps({
+    rundir.write_text(cfg_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    rundir.write_json(run_dir / "run.json", {
         "selfsup_version": __version__, "git_sha": git_sha(), "seed": cfg.train.seed,
         "command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": platform.python_version(), "torch": torch.__version__,
-        "host": platform.node()}, indent=1))
+        "host": platform.node(), "kind": kind})
+
+
+def data_fingerprint(ds: ImageDataset) -> str:
+    """A hash of what training sees: image names, labels and pixels (every byte up to 256 MB,
+    else 4,096 images chosen by a fixed rule), so added, removed, relabelled or edited images
+    change it."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for nm in ds.names:
+        h.update(nm.encode("utf-8", "surrogateescape") + b"\0")
+    h.update(np.ascontiguousarray(ds.labels, dtype=np.int64).tobytes())
+    n = len(ds)
+    idx = np.arange(n) if ds.images.nbytes <= 256 << 20 else \
+        np.unique(np.linspace(0, n - 1, 4096).astype(np.int64))
+    for start in range(0, len(idx), 4096):
+        h.update(np.ascontiguousarray(ds.images[idx[start:start + 4096]]).tobytes())
+    return h.hexdigest()
+
+
+def check_data(run_dir: Path, ds: ImageDataset, cfg: RunConfig) -> None:
+    """Record the training data's fingerprint when a run starts; on resume, refuse data that
+    changed since (images added, removed, relabelled or edited) unless
+    ``train.allow_data_change`` (CLI ``--allow-data-change``)."""
+    path = run_dir / "data.json"
+    now = {"fingerprint": data_fingerprint(ds), "images": len(ds), "source": ds.source,
+           "labeled": int((ds.labels >= 0).sum())}
+    if path.exists() and (run_dir / "checkpoints").exists():
+        then = rundir.read_json(path, fix="delete it to accept the current data")
+        if then.get("fingerprint") != now["fingerprint"]:
+            if not cfg.train.allow_data_change:
+                raise RunDirError(
+                    f"{run_dir}: the training images changed since this run started "
+                    f"({then.get('images')} images, {then.get('labeled')} labeled then; "
+                    f"{now['images']}, {now['labeled']} now); restore them, or re-run with "
+                    f"--allow-data-change (train.allow_data_change=true) to continue on the new "
+                    f"images")
+            rundir.warn(f"--allow-data-change: continuing {run_dir} on changed images "
+                        f"({then.get('images')} -> {now['images']})")
+            now["changed_from"] = then
+    rundir.write_json(path, now)
 
 
 def check_output_space(run_dir: Path, method: torch.nn.Module, margin: int = 64 << 20) -> None:
@@ -162,7 +246,7 @@ def check_output_space(run_dir: Path, method: torch.nn.Module, margin: int = 64 
 
     probe = Path(run_dir) / ".selfsup-write-test"
     try:
-        probe.write_bytes(b"ok")
+        rundir.write_bytes(probe, b"ok")
         probe.unlink()
     except OSError as e:
         raise RunDirError(f"{run_dir} is not writable ({e.strerror or e}); choose another "
@@ -214,9 +298,8 @@ def save_encoder(method, cfg: RunConfig, run_dir: Path) -> Path:
     meta["encoder"] = "backbone" if getattr(method, "encoder_is_backbone", True) else "method"
     state = {k: v.detach().cpu().contiguous() for k, v in method.encoder.state_dict().items()}
     path = run_dir / "encoder.safetensors"
-    tmp = path.with_name(".encoder.safetensors.tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with rundir.atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return path
 
 
@@ -280,7 +363,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int 
     if getattr(METHODS.get(cfg.method.get("name", "simclr")), "semi_supervised", False):
         raise RunDirError(f"method '{cfg.method.get('name')}' trains a classifier from labels: "
                           f"use `selfsup semisup` (selfsup.semisupervised.train_semisup)")
-    from .nn.distributed import barrier, init_from_env
+    from .nn.distributed import init_from_env
 
     rank, world, _ = init_from_env()      # torchrun: one process per device, same command
     main = rank == 0
@@ -288,7 +371,18 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int 
 
     # rank 0's choice (a default name has a timestamp that could differ between ranks)
     run_dir = Path(all_gather_object(str(run_dir or cfg.train.out_dir or default_run_dir(cfg)))[0])
-    main_first(lambda: prepare_run_dir(cfg, run_dir), everyone=False)
+    main_first(lambda: prepare_run_dir(cfg, run_dir, "pretrain"), everyone=False)
+    try:
+        return _pretrain_locked(cfg, run_dir, stop_after, datasets, main)
+    finally:
+        if main:
+            release_run_dir(run_dir)
+
+
+def _pretrain_locked(cfg: RunConfig, run_dir: Path, stop_after: int | None, datasets,
+                     main: bool) -> tuple[Path, dict]:
+    from .nn.distributed import barrier
+
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -320,9 +414,10 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int 
     if test_ds is not None and train_ds.has_labels and test_ds.has_labels:
         test_ds = test_ds.aligned_to(train_ds.classes)
     if main:
-        (run_dir / "splits.json").write_text(json.dumps(
-            {"train_names": train_ds.names if len(train_ds) <= 200_000 else "all",
-             "test_split": cfg.data.test_split}))
+        check_data(run_dir, train_ds, cfg)
+        rundir.write_json(run_dir / "splits.json",
+                          {"train_names": train_ds.names if len(train_ds) <= 200_000 else "all",
+                           "test_split": cfg.data.test_split}, indent=None)
     torch.manual_seed(cfg.train.seed)     # the same initial weights on every rank
     method = build_method(cfg)
     main_first(lambda: check_output_space(run_dir, method), everyone=False)
@@ -352,15 +447,15 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, stop_after: int 
         probe_ds = labeled_train_subset(train_ds.subset(np.flatnonzero(keep)),
                                         cfg.eval.labels_per_class, cfg.eval.label_fraction,
                                         cfg.train.seed)
-        splits = json.loads((run_dir / "splits.json").read_text())
+        splits = rundir.read_json(run_dir / "splits.json")
         splits["probe_names"] = probe_ds.names  # the labeled subset, saved with the run
-        (run_dir / "splits.json").write_text(json.dumps(splits))
+        rundir.write_json(run_dir / "splits.json", splits, indent=None)
         summary["eval"] = evaluate_encoder(probe_encoder(method.encoder, cfg.eval.stage),
                                            probe_ds, test_ds, device=device,
                                            knn_k=(cfg.eval.knn_k, 20),
                                            knn_temperature=cfg.eval.knn_temperature,
                                            val_fraction=cfg.eval.val_fraction,
                                            seed=cfg.train.seed)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    rundir.write_json(run_dir / "summary.json", summary)
     barrier()
     return run_dir, summary

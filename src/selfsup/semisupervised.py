@@ -22,13 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import rundir
 from .config import RunConfig, apply_overrides, config_from_dict
 from .data import ImageDataset
 from .data.splits import class_balanced_subset
 from .data.sources import DataError
 from .evaluate.features import extract_features
 from .pretrain import (RunDirError, build_method, check_output_space, load_data, load_encoder,
-                       model_metadata, prepare_run_dir, save_encoder)
+                       model_metadata, prepare_run_dir, release_run_dir, run_finished,
+                       save_encoder)
 from .semisup import Classifier
 from .train.loop import resolve_device, train
 
@@ -77,9 +79,8 @@ def save_classifier(model: Classifier, cfg: RunConfig, classes: list[str], run_d
             **(model.export_metadata() if hasattr(model, "export_metadata") else {})}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = run_dir / "model.safetensors"
-    tmp = path.with_name(".model.safetensors.tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with rundir.atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return path
 
 
@@ -180,7 +181,7 @@ def train_semisup(cfg: RunConfig, run_dir: str | Path | None = None, init: str |
 
     if not getattr(METHODS.get(name), "semi_supervised", False):
         raise RunDirError(f"method '{name}' is self-supervised: use `selfsup pretrain`")
-    from .nn.distributed import all_gather_object, barrier, init_from_env
+    from .nn.distributed import all_gather_object, init_from_env
     from .pretrain import main_first
 
     rank, world, _ = init_from_env()      # torchrun: one process per device, same command
@@ -195,17 +196,32 @@ def train_semisup(cfg: RunConfig, run_dir: str | Path | None = None, init: str |
                                                data.record)
     # the classifier's size comes from the data
     cfg = apply_overrides(cfg, [f"method.num_classes={len(full.classes)}"])
-    main_first(lambda: prepare_run_dir(cfg, run_dir), everyone=False)
+    main_first(lambda: prepare_run_dir(cfg, run_dir, "semisup"), everyone=False)
+    try:
+        return _train_semisup_locked(cfg, run_dir, init, prepare, stop_after, main, device,
+                                     full, train_ds, val_ds, test_ds, record)
+    finally:
+        if main:
+            release_run_dir(run_dir)
+
+
+def _train_semisup_locked(cfg, run_dir, init, prepare, stop_after, main, device, full, train_ds,
+                          val_ds, test_ds, record) -> tuple[Path, dict]:
+    from .nn.distributed import barrier
+    from .pretrain import check_data, main_first
+
+    name = cfg.method.get("name")
     if main:
+        check_data(run_dir, train_ds, cfg)
         full.write_report(run_dir / "data_report.json")
-        (run_dir / "splits.json").write_text(json.dumps(record))
+        rundir.write_json(run_dir / "splits.json", record, indent=None)
     torch.manual_seed(cfg.train.seed)     # the same initial weights on every rank
     method = build_method(cfg)
     main_first(lambda: check_output_space(run_dir, method), everyone=False)
     if init is not None:
         loaded = _init_from(method, init, cfg)
         if main:
-            (run_dir / "init.json").write_text(json.dumps({"init": str(init), "loaded": loaded}))
+            rundir.write_json(run_dir / "init.json", {"init": str(init), "loaded": loaded})
     if hasattr(method.cfg, "epochs_total"):  # Lee (2013)'s alpha(t) counts unlabeled epochs
         n_u = len(method.unlabeled_pool(train_ds.labels))
         ubs = method.uratio * cfg.train.batch_size
@@ -225,19 +241,21 @@ def train_semisup(cfg: RunConfig, run_dir: str | Path | None = None, init: str |
         return row
 
     hist_path = run_dir / "eval_history.json"
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    if hist_path.exists() and ckpt.exists():
-        # resumed: keep the evaluations up to the checkpoint (those after it are redone);
-        # evaluations happen at every eval_every steps and at the end
-        from .train.checkpoint import load_checkpoint
+    from .train.checkpoint import load_resumable
 
-        at = load_checkpoint(ckpt)["step"]
-        done = json.loads(hist_path.read_text())
-        history.extend(done[:at // cfg.train.eval_every] if cfg.train.eval_every else done)
+    ck, _ = load_resumable(run_dir / "checkpoints")
+    if ck is not None:
+        # resumed: the evaluations up to the checkpoint (those after it are redone), rebuilt
+        # from metrics.jsonl's eval rows, so a damaged eval_history.json loses nothing
+        rows, _ = rundir.read_jsonl(run_dir / "metrics.jsonl")
+        history.extend({k: r[k] for k in ("val_acc", "test_acc") if k in r} for r in rows
+                       if r.get("kind") == "eval" and r.get("step", 0) <= ck["step"]
+                       and ("val_acc" in r or "test_acc" in r))
+        del ck
 
     def monitor_and_save(enc):
         row = monitor(enc)
-        hist_path.write_text(json.dumps(history))
+        rundir.write_json(hist_path, history, indent=None)
         return row
 
     t0 = time.time()
@@ -254,7 +272,7 @@ def train_semisup(cfg: RunConfig, run_dir: str | Path | None = None, init: str |
     summary.update(summarize_history(history, cfg.eval.median_last))
     save_classifier(method.eval_model, cfg, full.classes, run_dir)
     save_encoder(method, cfg, run_dir)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    rundir.write_json(run_dir / "summary.json", summary)
     barrier()
     return run_dir, summary
 
@@ -280,9 +298,17 @@ def summarize_history(history: list[dict], median_last: int) -> dict:
 
 def _finished_or_train(cfg: RunConfig, run_dir: Path, **kw) -> tuple[Path, dict]:
     """Multi-stage drivers resume: a stage whose run directory is finished is not trained again."""
-    if (run_dir / "summary.json").exists() and (run_dir / "model.safetensors").exists():
-        return run_dir, json.loads((run_dir / "summary.json").read_text())
+    if run_finished(run_dir) and (run_dir / "model.safetensors").exists():
+        return run_dir, rundir.read_json(run_dir / "summary.json")
     return train_semisup(cfg, run_dir, **kw)
+
+
+def _create_parent(run_dir: Path, kind: str) -> None:
+    """The folder of a multi-stage driver (one selfsup run folder per stage inside)."""
+    try:
+        rundir.create(run_dir, kind)
+    except rundir.RunFileError as e:
+        raise RunDirError(str(e)) from None
 
 
 def noisy_student(cfg: RunConfig, rounds: int = 2, run_dir: str | Path | None = None,
@@ -302,7 +328,7 @@ def noisy_student(cfg: RunConfig, rounds: int = 2, run_dir: str | Path | None = 
         raise RunDirError("noisy_student() needs method.name=noisy_student")
     run_dir = Path(run_dir or cfg.train.out_dir or Path("runs") /
                    f"noisy_student-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _create_parent(run_dir, "noisy_student")
     ns = cfg.method_config()
     t_cfg = config_from_dict({**cfg.to_dict(), "method": {"name": "supervised"}})
     if teacher_overrides:
@@ -336,7 +362,7 @@ def noisy_student(cfg: RunConfig, rounds: int = 2, run_dir: str | Path | None = 
         prev, summary = _finished_or_train(cfg, run_dir / f"round{k}", prepare=prepare)
         rounds_out.append({"round": k, **_brief(summary), **selected})
     out = {"method": "noisy_student", "rounds": rounds_out, "final_run": str(prev)}
-    (run_dir / "summary.json").write_text(json.dumps(out, indent=1))
+    rundir.write_json(run_dir / "summary.json", out)
     return run_dir, out
 
 
@@ -346,13 +372,14 @@ def mpl_with_finetune(cfg: RunConfig, finetune_steps: int, run_dir: str | Path |
     images alone (method ``supervised`` started from the MPL student)."""
     run_dir = Path(run_dir or cfg.train.out_dir or Path("runs") /
                    f"mpl-{time.strftime('%Y%m%d-%H%M%S')}")
+    _create_parent(run_dir, "mpl")
     mpl_dir, s_mpl = _finished_or_train(cfg, run_dir / "mpl", init=init)
     ft = config_from_dict({**cfg.to_dict(), "method": {"name": "supervised"}})
     ft = apply_overrides(ft, [f"train.steps={finetune_steps}"])
     ft_dir, s_ft = _finished_or_train(ft, run_dir / "finetune", init=mpl_dir)
     out = {"method": "mpl", "mpl": _brief(s_mpl), "finetune": _brief(s_ft),
            "final_run": str(ft_dir)}
-    (run_dir / "summary.json").write_text(json.dumps(out, indent=1))
+    rundir.write_json(run_dir / "summary.json", out)
     return run_dir, out
 
 

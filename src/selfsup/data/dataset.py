@@ -68,8 +68,9 @@ class ImageDataset:
 
     def write_report(self, path: Path) -> None:
         """Write the skipped-file report (JSON) and print one summary line."""
-        path.write_text(json.dumps({"source": self.source, "used": len(self),
-                                    "skipped": self.skipped}, indent=1))
+        from ..rundir import write_json
+
+        write_json(path, {"source": self.source, "used": len(self), "skipped": self.skipped})
         if self.skipped:
             print(f"selfsup: skipped {len(self.skipped)} unreadable file(s) in {self.source}, "
                   f"used {len(self)}; see {path}", file=sys.stderr)

@@ -25,7 +25,8 @@ from ..evaluate.collapse import CollapseDetector, collapse_metrics
 from ..methods.base import BatchInfo
 from ..nn.distributed import all_gather_object, all_reduce_sum, barrier, init_from_env
 from ..nn.schedules import lr_multiplier
-from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from ..rundir import subdir
+from .checkpoint import atomic_save, load_checkpoint, load_resumable, rng_state, set_rng_state
 from .metrics import MetricsWriter
 from .optim import build_optimizer
 
@@ -78,7 +79,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     tc, oc = cfg.train, cfg.optim
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    ckpt_path = subdir(run_dir, "checkpoints") / "last.pt"   # never a link out of the run
     # torchrun: every rank runs this function on its share of each global batch
     rank, world, local_rank = init_from_env()
     main_process = rank == 0
@@ -147,8 +148,14 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     collapse = CollapseDetector(cfg.eval.collapse_std_ratio, cfg.eval.collapse_rank,
                                 cfg.eval.collapse_rank_fraction)
     step = 0
-    if ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path)
+    ck, note = load_resumable(ckpt_path.parent) if main_process or world == 1 else (None, None)
+    if world > 1:  # rank 0 decides which checkpoint every rank resumes from
+        which = all_gather_object(None if ck is None else ("prev" if note else "last"))[0]
+        if which is not None and not main_process:
+            ck = load_checkpoint(ckpt_path.parent / f"{which}.pt")
+    if note and main_process:
+        print(f"selfsup: {note}", file=sys.stderr)
+    if ck is not None:
         method.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         ranks = ck.get("rng_ranks")
@@ -171,6 +178,22 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     hidden = torch.from_numpy(hidden_np).to(device) if semi and hidden_np is not None else None
 
     def save(at_step: int) -> None:
+        # a step that left non-finite weights or statistics (a diverging lr) never becomes the
+        # checkpoint a resume starts from
+        bad = [k for k, v in method.state_dict().items()
+               if v.is_floating_point() and not torch.isfinite(v).all()]
+        if world > 1:
+            bad = sum(all_gather_object(bad), [])
+        if bad:
+            bar.close()
+            msg = (f"non-finite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
+                   f"after step {at_step} (training diverged); not saved: the last good "
+                   f"checkpoint is {ckpt_path if ckpt_path.exists() else 'none'}. Lower optim.lr "
+                   f"or set optim.grad_clip, then re-run with --overwrite.")
+            if metrics is not None:
+                metrics.log({"kind": "error", "step": at_step, "error": msg})
+                metrics.close()
+            raise NonFiniteLossError(msg)
         rngs = all_gather_object(rng_state())  # every rank's, so a resume continues each one
         if main_process:
             atomic_save({"model": method.state_dict(), "optimizer": optimizer.state_dict(),

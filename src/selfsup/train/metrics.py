@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
+
+from ..rundir import open_append, read_jsonl, write_text
 
 
 class MetricsWriter:
     def __init__(self, run_dir: Path, resume_step: int | None = None):
         self.jsonl = run_dir / "metrics.jsonl"
         self.csv = run_dir / "metrics.csv"
-        if resume_step is not None and self.jsonl.exists():
-            # drop rows written after the checkpoint we resume from: they will be re-run
-            rows = [r for r in self._rows() if r.get("step", 0) <= resume_step]
-            self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        self._f = open(self.jsonl, "a")
+        if self.jsonl.exists() or self.jsonl.is_symlink():
+            # resume: keep the rows up to the checkpoint (later ones are re-run), drop a torn last
+            # line; rewritten atomically, so a kill here loses nothing
+            rows, _ = read_jsonl(self.jsonl) if not self.jsonl.is_symlink() else ([], 0)
+            keep = [r for r in rows if resume_step is not None and r.get("step", 0) <= resume_step]
+            write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in keep))
+        self._f = open_append(self.jsonl)
         self.tb = None
         try:  # optional
             from torch.utils.tensorboard import SummaryWriter
@@ -24,7 +29,7 @@ class MetricsWriter:
             self.tb = None
 
     def _rows(self) -> list[dict]:
-        return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.jsonl)[0]
 
     def log(self, row: dict) -> None:
         self._f.write(json.dumps(row) + "\n")
@@ -37,10 +42,11 @@ class MetricsWriter:
     def write_csv(self) -> None:
         rows = self._rows()
         cols = list(dict.fromkeys(k for r in rows for k in r))
-        with open(self.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(rows)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+        write_text(self.csv, buf.getvalue())
 
     def close(self) -> None:
         self._f.close()
