@@ -6,6 +6,7 @@ method's own Config dataclass. An unknown key is an error that lists the valid k
 
 from __future__ import annotations
 
+import math
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -166,6 +167,41 @@ def _coerce(value, typ, key: str):
     raise ConfigError(f"{key}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
 
 
+INF = float("inf")
+# allowed ranges (inclusive) of the settings whose wrong values would otherwise fail mid-run
+# with a raw error, or worse run and mislead (steps=0 "finishing" with a random encoder)
+RANGES = {
+    "data.image_size": (8, 4096), "data.subset": (1, INF), "data.labels_per_class": (1, INF),
+    "data.val_per_class": (0, INF),
+    "model.width": (1 / 64, 16), "model.patch_size": (1, 256), "model.depth": (0, 256),
+    "optim.lr": (0, 1e3), "optim.weight_decay": (0, 10), "optim.momentum": (0, 1),
+    "optim.warmup": (0, 1), "optim.final_lr_ratio": (0, 1), "optim.grad_clip": (0, INF),
+    "optim.lars_eta": (0, 1),
+    "train.steps": (1, INF), "train.batch_size": (1, INF), "train.seed": (0, 2**31 - 1),
+    "train.threads": (0, 4096), "train.checkpoint_every": (1, INF),
+    "train.checkpoint_seconds": (0, INF), "train.time_limit": (0, INF), "train.log_every": (1, INF),
+    "train.eval_every": (0, INF),
+    "eval.knn_k": (1, INF), "eval.knn_temperature": (1e-6, INF), "eval.monitor_size": (2, INF),
+    "eval.label_fraction": (1e-9, 1), "eval.val_fraction": (0, 0.9), "eval.stage": (0, 16),
+    "eval.median_last": (1, INF), "eval.labels_per_class": (1, INF),
+    "augment.size": (4, 4096),
+}
+
+
+def _check_value(key: str, value) -> None:
+    """Numbers must be finite (NaN would also make a resumed run look like a changed one:
+    NaN != NaN) and, for the keys in RANGES, inside their range. One line naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value}: must be a finite number")
+    if key in RANGES:
+        lo, hi = RANGES[key]
+        if not lo <= value <= hi:
+            span = f"{lo:g} to {hi:g}" if hi != INF else f">= {lo:g}"
+            raise ConfigError(f"{key}={value}: out of range (allowed: {span})")
+
+
 def _build(cls, values: dict, section: str):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in fields(cls)}
@@ -174,6 +210,9 @@ def _build(cls, values: dict, section: str):
         raise ConfigError(f"unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
                           f"valid keys in '{section}': {', '.join(sorted(names))}")
     kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    for k, v in kwargs.items():
+        for x in (v if isinstance(v, tuple) else (v,)):
+            _check_value(f"{section}.{k}", x)
     return cls(**kwargs)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import rundir
 from .data.sources import DataError
 
 PARITY_TOLERANCE = 1e-4
@@ -116,7 +117,7 @@ def _replace_folder(tmp: Path, out_dir: Path) -> None:
 
 
 EXPORT_FILES = {"model.onnx", "model.safetensors", "preprocess.json", "export.json",
-                "calibration.json"}
+                "calibration.json", ".selfsup-run"}
 
 
 def export_model(run_dir: str | Path, out_dir: str | Path, check_images: list[str] | None = None,
@@ -137,7 +138,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, check_images: list[st
             raise DataError(f"{out_dir} is not empty; choose another --out or pass --overwrite")
         stray = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else [out_dir.name]
         stray = [n for n in stray if n not in EXPORT_FILES] if out_dir.is_dir() else stray
-        if stray or out_dir.is_symlink():
+        if stray or out_dir.is_symlink() or not rundir.is_run(out_dir):
             raise DataError(f"{out_dir} holds files an export does not write ({', '.join(stray[:5])}"
                             f"); --overwrite only replaces an earlier export: choose another --out")
     model, meta = load_classifier(run_dir)
@@ -159,6 +160,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, check_images: list[st
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        rundir.create(tmp, "export")       # the marker: --overwrite may replace this folder
         onnx_path = tmp / "model.onnx"
         _onnx_export(dep, torch.rand(2, 3, size, size), onnx_path)
         pre = {"input": "image: float32 [batch, 3, H, W], RGB in [0, 1] (NCHW)",
@@ -169,13 +171,13 @@ def export_model(run_dir: str | Path, out_dir: str | Path, check_images: list[st
                "backbone": meta["backbone"], "method": meta.get("method", "")}
         calib = (run_dir / "calibration.json") if run_dir.is_dir() else None
         if calib is not None and calib.exists():
-            pre["uncertainty"] = json.loads(calib.read_text())
-            shutil.copyfile(calib, tmp / "calibration.json")
+            pre["uncertainty"] = rundir.read_json(calib)
+            rundir.write_json(tmp / "calibration.json", pre["uncertainty"])
         _add_metadata(onnx_path, {k: json.dumps(v) if not isinstance(v, str) else v
                                   for k, v in pre.items()})
         shutil.copyfile(run_dir / "model.safetensors" if run_dir.is_dir() else run_dir,
                         tmp / "model.safetensors")
-        (tmp / "preprocess.json").write_text(json.dumps(pre, indent=1))
+        rundir.write_json(tmp / "preprocess.json", pre)
         x = _prepare(x8, size, [0, 0, 0], [1, 1, 1], "cpu")         # [0, 1], resized
         with torch.no_grad():
             t_logits, t_probs = dep(x)
@@ -192,7 +194,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, check_images: list[st
         if not report["ok"]:
             raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.2e} "
                                f"(> {PARITY_TOLERANCE}) on {len(x)} images; nothing was written")
-        (tmp / "export.json").write_text(json.dumps(report, indent=1))
+        rundir.write_json(tmp / "export.json", report)
         _replace_folder(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

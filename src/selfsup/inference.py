@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import rundir
 from .augment.views import normalize
 from .data.decode import UnreadableImage, decode_image, is_image_name
-from .data.sources import DataError, open_source
+from .data.sources import DataError, open_source, read_regular
 
 
 def iter_images(paths: list[str | Path]) -> Iterator[tuple[str, bytes | Exception]]:
@@ -31,7 +32,7 @@ def iter_images(paths: list[str | Path]) -> Iterator[tuple[str, bytes | Exceptio
         p = Path(p).expanduser()
         if p.is_file() and is_image_name(p.name):
             try:
-                yield str(p), p.read_bytes()
+                yield str(p), read_regular(p)
             except OSError as e:
                 yield str(p), e
             continue
@@ -135,8 +136,10 @@ def _flag_rule(model_dir: Path, n_classes: int, low_confidence: float | None):
 
 
 def _refuse_overwrite(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
+    if (out.exists() or out.is_symlink()) and not overwrite:
         raise DataError(f"{out} already exists; choose another --out or pass --overwrite")
+    if out.is_dir() and not out.is_symlink():
+        raise DataError(f"{out} is a folder; give a file name for --out")
 
 
 @torch.no_grad()
@@ -161,17 +164,20 @@ def predict(model_dir: str | Path, paths: list[str | Path], out: str | Path,
     k = min(top_k, len(classes))
     rule, flag = _flag_rule(Path(model_dir), len(classes), low_confidence)
     counts = {"images": 0, "unreadable": 0, "low_confidence": 0}
-    tmp = out.with_name("." + out.name + ".tmp")
     t0 = time.perf_counter()
     bar = tqdm(desc="predict", unit="img", disable=not progress, file=sys.stderr)
-    with tmp.open("w", newline="") as f:
+    # written beside ``out`` and renamed over it when complete (a link at ``out`` is replaced,
+    # not followed); a file name that is not valid UTF-8 is written with \x escapes
+    with rundir.atomic_path(out) as tmp, open(tmp, "x", newline="", encoding="utf-8",
+                                              errors="backslashreplace") as f:
         w = csv.writer(f)
         w.writerow(["path", "class", "confidence", f"top{k}", "low_confidence", "error"])
         for names, x, bad in batches(paths, size, batch_size):
             if len(names):
                 probs = model(_prepare(x, input_size, mean, std, device)).float().softmax(1)
                 pk, ik = probs.topk(k, dim=1)
-                flags = flag(probs).tolist()
+                # a non-finite output (a broken model) is always flagged, never trusted
+                flags = (flag(probs) | ~torch.isfinite(probs).all(1)).tolist()
                 for name, p, i, fl in zip(names, pk.tolist(), ik.tolist(), flags):
                     low = int(fl)
                     counts["low_confidence"] += low
@@ -184,7 +190,6 @@ def predict(model_dir: str | Path, paths: list[str | Path], out: str | Path,
             bar.update(len(names) + len(bad))
             bar.set_postfix(img_s=f"{counts['images'] / max(1e-9, time.perf_counter() - t0):.0f}")
     bar.close()
-    tmp.replace(out)
     seconds = time.perf_counter() - t0
     return {**counts, "out": str(out), "seconds": seconds, "uncertainty_rule": rule,
             "images_per_s": counts["images"] / max(1e-9, seconds)}
@@ -217,9 +222,8 @@ def embed(run_dir: str | Path, paths: list[str | Path], out: str | Path, batch_s
         bar.update(len(n) + len(b))
     bar.close()
     emb = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
-    tmp = out.with_name("." + out.stem + ".tmp.npz")
-    np.savez(tmp, embeddings=emb, paths=np.array(names), unreadable=np.array(
-        [f"{n}: {r}" for n, r in bad]))
-    tmp.replace(out)
+    with rundir.atomic_path(out) as tmp, open(tmp, "xb") as f:
+        np.savez(f, embeddings=emb, paths=np.array(names), unreadable=np.array(
+            [f"{n}: {r}" for n, r in bad]))
     return {"images": len(names), "unreadable": len(bad), "dim": int(emb.shape[1]) if feats else 0,
             "out": str(out)}

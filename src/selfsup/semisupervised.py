@@ -84,6 +84,45 @@ def save_classifier(model: Classifier, cfg: RunConfig, classes: list[str], run_d
     return path
 
 
+# what a model file's metadata may say (a file from elsewhere is not trusted to be sensible)
+META_RANGES = {"width": (1 / 64, 16), "image_size": (8, 1024), "input_size": (8, 1024),
+               "patch_size": (1, 64), "depth": (0, 48)}
+
+
+def check_model_metadata(meta: dict, path) -> None:
+    """Refuse metadata that would build an absurd network (width 1e5: terabytes) or feed it
+    nonsense (a NaN mean): one line naming the file and the field."""
+    def bad(field, why):
+        raise RunDirError(f"{path}: metadata field '{field}' {why}; this model file is damaged or "
+                          f"not made by selfsup: export or train it again")
+
+    for k in ("backbone", "width", "image_size", "classes", "mean", "std"):
+        if k not in meta:
+            bad(k, "is missing")
+    for k, (lo, hi) in META_RANGES.items():
+        if k in meta:
+            try:
+                v = float(meta[k])
+            except ValueError:
+                bad(k, f"is {meta[k][:20]!r}, not a number")
+            if not lo <= v <= hi:
+                bad(k, f"is {meta[k][:20]}, outside [{lo:g}, {hi:g}]")
+    try:
+        classes = json.loads(meta["classes"])
+        mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
+    except ValueError:
+        bad("classes/mean/std", "is not JSON")
+    if not (isinstance(classes, list) and 2 <= len(classes) <= 100_000
+            and all(isinstance(c, str) for c in classes)):
+        bad("classes", "is not a list of 2 or more class names")
+    for k, v in (("mean", mean), ("std", std)):
+        if not (isinstance(v, list) and len(v) == 3 and all(
+                isinstance(x, (int, float)) and np.isfinite(x) for x in v)):
+            bad(k, "is not three finite numbers")
+    if min(std) <= 0:
+        bad("std", "has a value <= 0")
+
+
 def load_classifier(run_dir: str | Path) -> tuple[Classifier, dict]:
     """The trained classifier of a finished semi-supervised run, and its metadata."""
     from safetensors import safe_open
@@ -95,8 +134,13 @@ def load_classifier(run_dir: str | Path) -> tuple[Classifier, dict]:
     if not path.exists():
         raise RunDirError(f"{run_dir}: no model.safetensors (is it a finished `selfsup semisup` "
                           f"run?)")
-    with safe_open(str(path), "pt") as f:
-        meta = dict(f.metadata())
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+    except Exception as e:   # safetensors raises its own error type for a damaged header
+        raise RunDirError(f"{path} is damaged or not a safetensors file "
+                          f"({str(e).splitlines()[0][:80]}); export or train it again") from None
+    check_model_metadata(meta, path)
     from . import backbones
 
     backbone = backbones.build(meta["backbone"], float(meta["width"]), meta["cifar_stem"] == "True",

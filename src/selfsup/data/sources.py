@@ -12,6 +12,7 @@ import abc
 import csv
 import hashlib
 import os
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +40,38 @@ def _hash(parts: list[str]) -> str:
 
 
 def _stat_parts(items: list[Item], path_of) -> list[str]:
-    """name|size|mtime of every listed file: any edit, addition or removal changes the hash."""
+    """name|size|mtime|ctime|inode of every listed file: any edit, addition or removal changes
+    the hash."""
     parts = []
     for it in items:
         try:
             st = os.stat(path_of(it.name))
-            parts.append(f"{it.name}|{st.st_size}|{st.st_mtime_ns}")
+            # ctime and inode too: an edit that restores the size and modification time still
+            # changes the status-change time, which a user cannot set back
+            parts.append(f"{it.name}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}")
         except OSError:
             parts.append(f"{it.name}|missing")
     return parts
+
+
+MAX_IMAGE_BYTES = 256 << 20   # one image file; larger files are skipped (reported)
+
+
+def read_regular(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file of at most MAX_IMAGE_BYTES. Devices, pipes and sockets (even
+    behind a link) raise OSError instead of hanging or filling memory; the caller reports it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)   # a pipe would block an ordinary open
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError("not a regular file (a device, pipe or socket): skipped")
+        if st.st_size > MAX_IMAGE_BYTES:
+            raise OSError(f"{st.st_size / 2**20:.0f} MB: larger than the "
+                          f"{MAX_IMAGE_BYTES >> 20} MB limit for one image")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(MAX_IMAGE_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 def _labels_from_layout(rel_paths: list[str]) -> list[str | None]:
@@ -98,7 +122,7 @@ class FolderSource(Source):
     def iter_bytes(self):
         for it in self.items:
             try:
-                yield it, (self.base / it.name).read_bytes()
+                yield it, read_regular(self.base / it.name)
             except OSError as e:
                 yield it, e
 
@@ -173,6 +197,11 @@ class CsvSource(Source):
             if p in seen:
                 raise DataError(f"{path}, row {i}: '{p}' is listed twice (first at row {seen[p]})")
             seen[p] = i
+            # confined to the CSV's folder (lexically: "..", absolute paths and drive letters
+            # are refused; a link inside the folder is read like a folder's own links)
+            if Path(p).is_absolute() or os.path.normpath(p).startswith(".."):
+                raise DataError(f"{path}, row {i}: '{p}' is outside the CSV's folder; list images "
+                                f"by paths relative to the folder that holds the CSV")
             label = (row.get("label") or "").strip() or None
             self.items.append(Item(p, label))
         self.root = path.parent
@@ -188,7 +217,7 @@ class CsvSource(Source):
     def iter_bytes(self):
         for it in self.items:
             try:
-                yield it, self._file(it.name).read_bytes()
+                yield it, read_regular(self._file(it.name))
             except OSError as e:
                 yield it, e
 

@@ -66,7 +66,9 @@ class SwAV(Method):
                                local_size_for(view_cfg.size), (cfg.global_scale_min, 1.0),
                                (cfg.local_scale_min, cfg.local_scale_max))
         self.queue = MemoryQueue(cfg.queue_size, cfg.out_dim) if cfg.queue_size else None
-        self._queue_filled = 0
+        # how many embeddings the queue has received: a buffer, so a resumed run knows whether
+        # the queue was already full (it starts being used at the same step as without the kill)
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
         self._to_enqueue: torch.Tensor | None = None
 
     @torch.no_grad()
@@ -89,7 +91,7 @@ class SwAV(Method):
         scores = [z @ w.t() for z in zs]                             # per crop [N, K]
         codes = []
         use_queue = self.queue is not None and progress >= cfg.queue_start and \
-            self._queue_filled >= self.queue.items.shape[0]
+            int(self.queue_filled) >= self.queue.items.shape[0]
         for g in range(2):
             s = scores[g].detach()
             if use_queue:
@@ -104,7 +106,7 @@ class SwAV(Method):
         self._normalize_prototypes()
         if self.queue is not None and self._to_enqueue is not None:
             self.queue.push(self._to_enqueue[: self.queue.items.shape[0]])
-            self._queue_filled += self._to_enqueue.shape[0]
+            self.queue_filled += self._to_enqueue.shape[0]
             self._to_enqueue = None
 
     @property
