@@ -440,10 +440,12 @@ def main(argv=None) -> int:
         from .config import ConfigError
         from .pretrain import RunDirError
         from .registry import UnknownNameError
-        from .train.checkpoint import UnsafeCheckpointError
+        from .rundir import RunFileError
+        from .train.checkpoint import DamagedCheckpointError, UnsafeCheckpointError
+        from .train.loop import NonFiniteLossError
 
-        if isinstance(e, (ConfigError, DataError, RunDirError, UnknownNameError,
-                          UnsafeCheckpointError)):
+        if isinstance(e, (ConfigError, DataError, RunDirError, UnknownNameError, RunFileError,
+                          UnsafeCheckpointError, DamagedCheckpointError, NonFiniteLossError)):
             print(f"selfsup: error: {e}", file=sys.stderr)
             return 2
         raise

@@ -255,7 +255,10 @@ def open_append(path: str | Path):
 def read_text(path: str | Path, what: str = "", fix: str = "") -> str:
     path = Path(path)
     try:
-        st = os.stat(path)
+        st = os.lstat(path)     # a link is not followed: selfsup reads only its own files
+        if stat.S_ISLNK(st.st_mode):
+            raise RunFileError(f"{path} is a symbolic link; selfsup reads and writes only its own "
+                               f"files: remove the link and re-run")
         if not stat.S_ISREG(st.st_mode):
             raise RunFileError(f"{path} is not a regular file; {fix or 'remove it and re-run'}")
         return path.read_text(encoding="utf-8", errors="surrogateescape")

@@ -208,7 +208,9 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
                disable=not (tc.progress and main_process), file=sys.stderr, dynamic_ncols=True)
     data_time = compute_time = 0.0
     images_seen, t_window = 0, time.perf_counter()
-    last_logs: dict = {}
+    # a run resumed from its final checkpoint trains no step: its summary reports the last
+    # logged row from before the kill
+    last_logs: dict = dict(metrics.last_train) if metrics is not None else {}
     t_start = t_saved = time.perf_counter()
     stopped_by_time = False
     method.train()

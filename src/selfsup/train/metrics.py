@@ -12,6 +12,7 @@ from ..rundir import open_append, read_jsonl, write_text
 
 class MetricsWriter:
     def __init__(self, run_dir: Path, resume_step: int | None = None):
+        self.last_train: dict = {}     # the last training row kept from before a resume
         self.jsonl = run_dir / "metrics.jsonl"
         self.csv = run_dir / "metrics.csv"
         if self.jsonl.exists() or self.jsonl.is_symlink():
@@ -20,6 +21,7 @@ class MetricsWriter:
             rows, _ = read_jsonl(self.jsonl) if not self.jsonl.is_symlink() else ([], 0)
             keep = [r for r in rows if resume_step is not None and r.get("step", 0) <= resume_step]
             write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in keep))
+            self.last_train = next((r for r in reversed(keep) if r.get("kind") == "train"), {})
         self._f = open_append(self.jsonl)
         self.tb = None
         try:  # optional
