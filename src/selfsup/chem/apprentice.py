@@ -130,8 +130,11 @@ class SmilesLSTM(nn.Module):
         return [self.vocab.decode(row) for row in ids]
 
     def save(self, path: str | Path) -> None:
-        torch.save({"vocab": self.vocab.itos, "config": asdict(self.cfg),
-                    "state": self.state_dict()}, path)
+        from .. import rundir
+
+        with rundir.atomic_path(path) as tmp:
+            torch.save({"vocab": self.vocab.itos, "config": asdict(self.cfg),
+                        "state": self.state_dict()}, tmp)
 
     @classmethod
     def load(cls, path: str | Path) -> "SmilesLSTM":

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import rundir
 from .objectives import OBJECTIVES
 
 
@@ -107,13 +108,28 @@ def _out_dir(path: str | None, overwrite: bool) -> Path:
     out = Path(path or f"runs/chem-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and not out.is_dir():
         raise ChemError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite or not (out / "summary.json").exists():
+    finished = rundir.is_run(out) and (out / "summary.json").exists()
+    if out.is_dir() and any(p.name not in (rundir.MARKER, rundir.LOCK) for p in out.iterdir()):
+        if not overwrite or not finished:
             raise ChemError(f"{out}: not empty; choose another --out"
-                            + (" or pass --overwrite" if (out / "summary.json").exists() else
-                               " (only a finished design folder can be overwritten)"))
-    out.mkdir(parents=True, exist_ok=True)
+                            + (" or pass --overwrite" if finished else
+                               " (only a finished selfsup chem folder can be overwritten)"))
+        rundir.remove(out, keep=(rundir.LOCK, rundir.MARKER))
+    try:
+        rundir.create(out, "chem")
+    except rundir.RunFileError as e:
+        raise ChemError(str(e)) from None
     return out
+
+
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    rundir.write_text(path, buf.getvalue())
 
 
 def draw_grid(molecules: list[tuple[str, float]], path: Path, per_row: int = 4) -> None:
@@ -124,7 +140,8 @@ def draw_grid(molecules: list[tuple[str, float]], path: Path, per_row: int = 4) 
     mols = [to_mol(s) for s, _ in molecules]
     img = Draw.MolsToGridImage(mols, molsPerRow=per_row, subImgSize=(260, 220),
                                legends=[f"#{i + 1}  {v:.3f}" for i, (_, v) in enumerate(molecules)])
-    img.save(str(path))
+    with rundir.atomic_path(path) as tmp:
+        img.save(str(tmp), format="PNG")
 
 
 def cmd_design(args) -> int:
@@ -174,20 +191,16 @@ def cmd_design(args) -> int:
         print(f"selfsup chem: error: {e}", file=sys.stderr)
         return 2
     best = oracle.best(100)
-    with open(out / "molecules.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["rank", "smiles", "score"])
-        w.writerows([(i + 1, s, f"{v:.6f}") for i, (s, v) in enumerate(best)])
-    with open(out / "history.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["call", "smiles", "score"])
-        w.writerows([(i + 1, s, f"{v:.6f}") for i, (s, v) in enumerate(oracle.history)])
+    _write_csv(out / "molecules.csv", ["rank", "smiles", "score"],
+               [(i + 1, s, f"{v:.6f}") for i, (s, v) in enumerate(best)])
+    _write_csv(out / "history.csv", ["call", "smiles", "score"],
+               [(i + 1, s, f"{v:.6f}") for i, (s, v) in enumerate(oracle.history)])
     if best:
         draw_grid(best[:12], out / "best.png")
     summary = {"objective": args.objective, "method": args.method, "budget": args.budget,
                "seed": args.seed, **oracle.metrics(), **extra,
                "seconds": round(time.time() - t0, 1), "best": best[:10]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    rundir.write_json(out / "summary.json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "best"}, indent=1))
     print(f"best molecules: {out / 'molecules.csv'}")
     return 0
@@ -247,16 +260,15 @@ def cmd_pretrain_apprentice(args) -> int:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", mol_s=f"{seen / (time.time() - t0):.0f}")
         if step % args.checkpoint_every == 0 or step == args.steps:
-            tmp = ckpt.with_name(ckpt.name + ".tmp")
-            torch.save({"settings": settings, "state": model.state_dict(),
-                        "opt": opt.state_dict(), "gen": gen.get_state(), "step": step}, tmp)
-            tmp.replace(ckpt)
+            with rundir.atomic_path(ckpt) as tmp:
+                torch.save({"settings": settings, "state": model.state_dict(),
+                            "opt": opt.state_dict(), "gen": gen.get_state(), "step": step}, tmp)
     bar.close()
     model.save(out)
     _, validity = sample_valid(model, 256, torch.Generator().manual_seed(args.seed))
     info = {"apprentice": str(out), "steps": step, "corpus_size": len(corpus),
             "vocab": len(model.vocab), "validity_256": validity}
-    out.with_suffix(".json").write_text(json.dumps(info, indent=1))
+    rundir.write_json(out.with_suffix(".json"), info)
     print(json.dumps(info, indent=1))
     return 0
 
@@ -303,7 +315,7 @@ def cmd_retro_train(args) -> int:
     losses = model.fit(products, labels, epochs=args.epochs, seed=args.seed)
     bbs = building_blocks_from(train + extra, set(targets) | set(eval_targets))
     model.save(out)
-    (out / "building_blocks.txt").write_text("\n".join(sorted(bbs)) + "\n")
+    rundir.write_text(out / "building_blocks.txt", "\n".join(sorted(bbs)) + "\n")
     info = {"reactions": len(train), "templates": len(lib),
             "with_template": int(sum(x >= 0 for x in labels)), "building_blocks": len(bbs),
             "final_loss": losses[-1]}
@@ -314,9 +326,9 @@ def cmd_retro_train(args) -> int:
                                args.expansions, args.round_epochs, args.seed,
                                on_round=lambda row: print(json.dumps(row), file=sys.stderr),
                                save_dir=out)
-        (out / "history.json").write_text(json.dumps(history, indent=1))
+        rundir.write_json(out / "history.json", history)
         info["history"] = history
-    (out / "summary.json").write_text(json.dumps(info, indent=1))
+    rundir.write_json(out / "summary.json", info)
     print(json.dumps(info, indent=1))
     return 0
 
@@ -351,6 +363,6 @@ def cmd_retro(args) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     draw_route(route, out)
-    out.with_suffix(".json").write_text(json.dumps(route.to_dict(), indent=1))
+    rundir.write_json(out.with_suffix(".json"), route.to_dict())
     print(f"route image: {out}")
     return 0

@@ -196,13 +196,15 @@ class SingleStep(nn.Module):
     def save(self, folder: str | Path) -> None:
         from safetensors.torch import save_file
 
+        from .. import rundir
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "templates.json").write_text(json.dumps(
-            {"templates": self.library.templates, "bits": self.bits,
-             "hidden": self.net[0].out_features}))
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()},
-                  str(folder / "single_step.safetensors"))
+        rundir.write_json(folder / "templates.json",
+                          {"templates": self.library.templates, "bits": self.bits,
+                           "hidden": self.net[0].out_features}, indent=None)
+        with rundir.atomic_path(folder / "single_step.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
 
     @classmethod
     def load(cls, folder: str | Path) -> "SingleStep":

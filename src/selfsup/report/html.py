@@ -400,10 +400,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
             f"{overview}{''.join(sections)}"
             f"</body></html>")
     out = Path(out) if out else run_dir / "report.html"
-    tmp = out.with_name("." + out.name + ".tmp")
-    tmp.write_text(page)
-    tmp.replace(out)
-    (out.with_suffix(".json")).write_text(json.dumps(facts, indent=1))
+    from .. import rundir
+
+    rundir.write_text(out, page)
+    rundir.write_json(out.with_suffix(".json"), facts)
     return out
 
 

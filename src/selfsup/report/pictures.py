@@ -31,10 +31,11 @@ def grid_png(rows: dict[str, torch.Tensor], path: Path, scale: int = 3, pad: int
             y, x = pad + r * (hh + pad), pad + c * (ww + pad)
             canvas[y:y + hh, x:x + ww] = arr[c]
     path = Path(path)
-    tmp = path.with_name("." + path.name + ".tmp")
-    Image.fromarray(canvas).save(tmp, format="PNG")
-    tmp.replace(path)
-    (path.with_suffix(".txt")).write_text("rows, top to bottom: " + ", ".join(names) + "\n")
+    from .. import rundir
+
+    with rundir.atomic_path(path) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG")
+    rundir.write_text(path.with_suffix(".txt"), "rows, top to bottom: " + ", ".join(names) + "\n")
     return path
 
 
