@@ -52,8 +52,8 @@ def test_overwrite_never_deletes_a_folder_selfsup_did_not_make(tmp_path, capsys)
 
 # ---------------------------------------------------------------- kills during writes
 
-WRITES = ["config.yaml", "run.json", "data.json", "splits.json", "metrics.csv", "last.pt",
-          "encoder.safetensors", "summary.json"]
+WRITES = [".selfsup-run", "config.yaml", "run.json", "data.json", "splits.json", "metrics.csv",
+          "last.pt", "encoder.safetensors", "summary.json"]
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,7 @@ def _cmd_fit(args) -> int:
 
     summary = fit(args.labeled, args.out, unlabeled=args.unlabeled, test=args.test,
                   budget=args.budget, overrides=args.overrides, forced=forced, seed=args.seed,
-                  overwrite=args.overwrite)
+                  overwrite=args.overwrite, allow_data_change=args.allow_data_change)
     print(json.dumps(summary, indent=1))
     h = summary.get("headline")
     if h:
@@ -319,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", "-o", default="runs/fit", help="output folder (default runs/fit)")
     ft.add_argument("--overwrite", action="store_true",
                     help="replace an earlier fit in --out (only a folder fit wrote)")
+    ft.add_argument("--allow-data-change", action="store_true",
+                    help="resume a killed fit even though its images changed since it started")
     ft.add_argument("--image-size", type=int, default=None,
                     help="training resolution in pixels (default: 32 for small images, 64 on CPU, "
                     "96 on GPU)")

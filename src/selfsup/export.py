@@ -95,7 +95,7 @@ def _parity_batch(run_dir: Path, check_images, n_check: int, decode_size: int) -
         if not fit_json.exists():
             raise DataError(f"{run_dir}: the run does not say where its images are; pass "
                             f"--check PATH with a few images to check the export on")
-        check_images = [json.loads(fit_json.read_text())["labeled"]]
+        check_images = [rundir.read_json(fit_json)["labeled"]]
     got = []
     for _, x, _ in batches(check_images, decode_size, n_check):
         got.append(x)

@@ -179,12 +179,14 @@ def _time_steps(cfg: RunConfig, x: torch.Tensor, labels: torch.Tensor, n: int = 
 def fit(labeled: str | Path, out: str | Path, unlabeled: str | Path | None = None,
         test: str | Path | None = None, budget: str | None = None, overrides: list[str] = (),
         forced: dict | None = None, seed: int = 0, progress: bool = True,
-        overwrite: bool = False) -> dict:
+        overwrite: bool = False, allow_data_change: bool = False) -> dict:
     out = Path(out)
     budget_s = parse_budget(budget)
     forced = {k: v for k, v in (forced or {}).items() if v is not None}
     record = fit_record(labeled, unlabeled, test, budget, seed, overrides, forced)
     counts, resume = preflight(labeled, out, unlabeled, test, overwrite, record)
+    if allow_data_change:   # not part of the record: a resume may add it
+        overrides = [*overrides, "train.allow_data_change=true"]
     created = not out.exists()
     try:
         return _fit(labeled, out, unlabeled, test, budget_s, overrides, forced, seed, progress,

@@ -127,7 +127,7 @@ def _flag_rule(model_dir: Path, n_classes: int, low_confidence: float | None):
     calib = None
     folder = model_dir.parent if model_dir.is_file() else model_dir
     if (folder / "calibration.json").exists():
-        calib = json.loads((folder / "calibration.json").read_text())
+        calib = rundir.read_json(folder / "calibration.json")
     if calib and calib.get("kind") == "conformal":
         q = float(calib["q_hat"])
         return calib, lambda p: (p >= 1.0 - q).sum(1) != 1

@@ -281,12 +281,24 @@ def model_metadata(cfg: RunConfig) -> dict[str, str]:
             "method": cfg.method.get("name", ""), "selfsup_version": __version__}
 
 
+def _yaml_mapping(path: Path) -> dict:
+    try:
+        d = yaml.safe_load(rundir.read_text(path))
+    except yaml.YAMLError as e:
+        raise RunDirError(f"{path} is damaged ({str(e).splitlines()[0]}); re-run the command "
+                          f"that made it to rebuild it from the checkpoint") from None
+    if not isinstance(d, dict):
+        raise RunDirError(f"{path} is damaged (empty, or not a mapping of sections); re-run the "
+                          f"command that made it to rebuild it from the checkpoint")
+    return d
+
+
 def load_run_config(run_dir: str | Path) -> RunConfig:
     """The resolved configuration saved in a run directory."""
     p = Path(run_dir) / "config.yaml"
     if not p.exists():
         raise RunDirError(f"{run_dir}: not a selfsup run directory (no config.yaml)")
-    return config_from_dict(yaml.safe_load(p.read_text()))
+    return config_from_dict(_yaml_mapping(p))
 
 
 def save_encoder(method, cfg: RunConfig, run_dir: Path) -> Path:

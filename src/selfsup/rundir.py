@@ -53,8 +53,10 @@ def create(folder: str | Path, kind: str) -> Path:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise RunFileError(f"{folder} is a file, not a folder; choose another output folder")
+    # a folder holding only the lock and a killed marker write is as good as empty
+    ours = {LOCK} | {p.name for p in folder.glob(f".{MARKER}.tmp-*")} if folder.is_dir() else {}
     if folder.is_dir() and not is_run(folder) and any(
-            p.name != LOCK for p in folder.iterdir()):
+            p.name not in ours for p in folder.iterdir()):
         raise RunFileError(f"{folder} is not empty and was not made by selfsup; choose another "
                            f"output folder (nothing in it was changed)")
     try:
@@ -64,6 +66,9 @@ def create(folder: str | Path, kind: str) -> Path:
                            f"folder") from None
     if not is_run(folder):
         from . import __version__
+
+        for p in folder.glob(f".{MARKER}.tmp-*"):
+            p.unlink()
 
         write_json(folder / MARKER, {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                      "selfsup_version": __version__, "pid": os.getpid()})

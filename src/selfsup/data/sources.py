@@ -162,6 +162,11 @@ class TarSource(Source):
                         continue
                     found.append(rel)
                     f = tf.extractfile(m)
+                    if m.size > MAX_IMAGE_BYTES:
+                        yield Item(rel, None), OSError(
+                            f"{m.size / 2**20:.0f} MB: larger than the {MAX_IMAGE_BYTES >> 20} MB "
+                            f"limit for one image")
+                        continue
                     yield Item(rel, None), (f.read() if f is not None else b"")
         except tarfile.TarError as e:
             raise DataError(f"{self.path}: cannot read archive ({e})") from None

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, rundir
 
 FIGSIZE = (6.4, 3.6)
 
@@ -48,7 +48,7 @@ def _read_metrics(run: Path) -> list[dict]:
     p = run / "metrics.jsonl"
     if not p.exists():
         return []
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+    return rundir.read_jsonl(p)[0]
 
 
 def _curves(run: Path, title: str) -> str | None:
@@ -254,7 +254,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
             raise FileNotFoundError(f"{run_dir}: not a finished selfsup run (no model or encoder)")
     sections, facts = [], {}
     if summary is None:
-        summary = json.loads((run_dir / "summary.json").read_text()) \
+        summary = rundir.read_json(run_dir / "summary.json") \
             if (run_dir / "summary.json").exists() else {}
     # 1. training curves
     curves = [(_curves(d, name), name) for d, name in ((pre, "pretraining"), (clf, "classifier"))
@@ -272,7 +272,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
     val_ds = train_ds = None
     splits_path = (clf or pre) / "splits.json"
     if clf is not None and splits_path.exists():
-        sp = json.loads(splits_path.read_text())
+        sp = rundir.read_json(splits_path)
         full = _load_full(run_dir, ccfg)
         if full is not None and sp.get("val_names"):
             pos = {n: i for i, n in enumerate(full.names)}
@@ -322,7 +322,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
             facts["val_acc"] = float((_features(model, val_ds).argmax(1) == val_ds.labels).mean())
             # judged on the test set when the fit had one (the validation split is small)
             judge, where = val_ds, "validation split"
-            test_path = (json.loads((run_dir / "fit.json").read_text()).get("test")
+            test_path = (rundir.read_json(run_dir / "fit.json").get("test")
                          if (run_dir / "fit.json").exists() else None)
             if test_path:
                 try:
@@ -366,7 +366,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
                                  "images in this run: label efficiency, confusion matrix, maps "
                                  "and retrievals need them</p>"))
     # collapse metrics and data report
-    pre_summary = json.loads((pre / "summary.json").read_text()) \
+    pre_summary = rundir.read_json(pre / "summary.json") \
         if pre is not None and (pre / "summary.json").exists() else {}
     ev = pre_summary.get("eval", {})
     col = [{"metric": k, "value": ev[k]} for k in ("embed_std", "embed_std_healthy",
@@ -384,7 +384,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
     rep_rows = []
     for d in (pre, clf):
         if d is not None and (d / "data_report.json").exists():
-            rep = json.loads((d / "data_report.json").read_text())
+            rep = rundir.read_json(d / "data_report.json")
             rep_rows += [{"file": s["name"], "reason": s["reason"]} for s in rep.get("skipped", [])]
     sections.append(_section("Data report: skipped files", _table(
         list({r["file"]: r for r in rep_rows}.values()))))
@@ -400,8 +400,6 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
             f"{overview}{''.join(sections)}"
             f"</body></html>")
     out = Path(out) if out else run_dir / "report.html"
-    from .. import rundir
-
     rundir.write_text(out, page)
     rundir.write_json(out.with_suffix(".json"), facts)
     return out
@@ -416,7 +414,7 @@ def _load_full(run_dir: Path, cfg):
     fit_args = run_dir / "fit.json"
     try:
         if fit_args.exists():
-            a = json.loads(fit_args.read_text())
+            a = rundir.read_json(fit_args)
             return load_dataset("folder", path=a["labeled"], image_size=cfg.data.image_size,
                                 progress=False)
         if choices.exists():
