@@ -177,6 +177,13 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     hidden_np = getattr(dataset, "hidden_labels", None)
     hidden = torch.from_numpy(hidden_np).to(device) if semi and hidden_np is not None else None
 
+    def stop_non_finite(at_step: int, msg: str) -> None:
+        bar.close()
+        if metrics is not None:
+            metrics.log({"kind": "error", "step": at_step, "error": msg})
+            metrics.close()
+        raise NonFiniteLossError(msg)
+
     def save(at_step: int) -> None:
         # a step that left non-finite weights or statistics (a diverging lr) never becomes the
         # checkpoint a resume starts from
@@ -185,15 +192,11 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         if world > 1:
             bad = sum(all_gather_object(bad), [])
         if bad:
-            bar.close()
-            msg = (f"non-finite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
-                   f"after step {at_step} (training diverged); not saved: the last good "
-                   f"checkpoint is {ckpt_path if ckpt_path.exists() else 'none'}. Lower optim.lr "
-                   f"or set optim.grad_clip, then re-run with --overwrite.")
-            if metrics is not None:
-                metrics.log({"kind": "error", "step": at_step, "error": msg})
-                metrics.close()
-            raise NonFiniteLossError(msg)
+            stop_non_finite(at_step, f"non-finite values in {', '.join(bad[:3])}"
+                            f"{' ...' if len(bad) > 3 else ''} after step {at_step} (training "
+                            f"diverged); not saved: the last good checkpoint is "
+                            f"{ckpt_path if ckpt_path.exists() else 'none'}. Lower optim.lr or "
+                            f"set optim.grad_clip, then re-run with --overwrite.")
         rngs = all_gather_object(rng_state())  # every rank's, so a resume continues each one
         if main_process:
             atomic_save({"model": method.state_dict(), "optimizer": optimizer.state_dict(),
@@ -250,14 +253,10 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         if world > 1:  # every rank stops together
             finite = all_reduce_sum(finite) / world
         if finite.item() < 1:
-            bar.close()
-            msg = (f"non-finite loss ({loss.item()}) at step {step}; logs {out.logs}; last good "
-                   f"checkpoint: {ckpt_path if ckpt_path.exists() else 'none'}. Lower optim.lr or "
-                   f"set optim.grad_clip.")
-            if metrics is not None:
-                metrics.log({"kind": "error", "step": step, "error": msg})
-                metrics.close()
-            raise NonFiniteLossError(msg)
+            stop_non_finite(step, f"non-finite loss ({loss.item()}) at step {step}; logs "
+                            f"{out.logs}; last good checkpoint: "
+                            f"{ckpt_path if ckpt_path.exists() else 'none'}. Lower optim.lr or "
+                            f"set optim.grad_clip.")
         # 4. update
         loss.backward()
         if oc.grad_clip:
