@@ -38,6 +38,7 @@ def build(name):
         g = torch.Generator().manual_seed(1)
         m.memory.copy_(torch.nn.functional.normalize(torch.randn(m.memory.shape, generator=g),
                                                      dim=-1))
+        m.refreshed.fill_(True)
         m.cluster()
     m.eval()  # BatchNorm on running statistics: exact comparison across process counts
     return m.double()  # float64, so that the comparison tests the maths, not float32 rounding

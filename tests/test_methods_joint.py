@@ -86,32 +86,63 @@ def test_supcon_uses_labels_and_treats_unlabeled_as_own_class():
     assert torch.isclose(supcon(f, torch.tensor([5, 6, 7, 8])), supcon(f, None))
 
 
-def test_spherical_kmeans_reseeds_empty_clusters_and_separates_blobs():
+def test_spherical_kmeans_separates_blobs_and_keeps_empty_centroids():
     from selfsup.methods.deepcluster import spherical_kmeans
     g = torch.Generator().manual_seed(0)
     centers = F.normalize(torch.eye(3, 8), dim=1)
     x = F.normalize(centers.repeat_interleave(20, 0) + 0.05 * torch.randn(60, 8, generator=g), dim=1)
     c, a = spherical_kmeans(x, 3, 10, g)
     assert sorted(torch.bincount(a, minlength=3).tolist()) == [20, 20, 20]
-    # with 3 distinct points and 5 clusters, empty clusters are re-seeded (no NaN centroids)
-    c, a = spherical_kmeans(x[[0, 20, 40]], 3, 5, g)
-    assert torch.isfinite(c).all() and len(set(a.tolist())) == 3
+    # two identical points and one other, 3 clusters: one starts empty and keeps its initial
+    # centroid (the official M step updates only non-empty clusters); nothing becomes NaN
+    pts = x[[0, 0, 40]]
+    c, a = spherical_kmeans(pts, 3, 5, g)
+    assert torch.isfinite(c).all() and torch.allclose(c.norm(dim=1), torch.ones(3))
+    assert len(set(a.tolist())) == 2
 
 
-def test_deepcluster_clusters_once_memory_is_refreshed():
+def test_deepcluster_init_memory_clusters_before_the_first_step_then_every_epoch():
+    """swav's main_deepclusterv2: the memory is filled by a forward pass before training and
+    k-means runs at the start of every epoch, whatever was refreshed (the bug: clustering only
+    once every slot had been refreshed, which the dropped last batch never allowed)."""
     m = build("deepcluster_v2", hidden_dim=32, out_dim=16, n_prototypes=3, n_heads=2)
-    m.setup(16)
-    x = imgs(8)
-    out = m.training_step(m.views(x), 0.0, BatchInfo(torch.arange(8), torch.full((8,), -1)))
-    assert out.loss.item() == 0.0  # no pseudo-classes before the first clustering
-    m.after_optimizer_step(0.0)
-    assert int(m.clusterings) == 0 and (m.assignments == -1).all()
-    m.training_step(m.views(x), 0.0, BatchInfo(torch.arange(8, 16), torch.full((8,), -1)))
-    m.after_optimizer_step(0.0)
-    assert int(m.clusterings) == 1 and (m.assignments >= 0).all() and not m.refreshed.any()
+    m.setup(20)                       # 20 images, batches of 8: 2 steps an epoch, 4 dropped
+    x = imgs(20)
+    perm = torch.randperm(20)
+    m.init_memory([(perm[:8], x[perm[:8]]), (perm[8:16], x[perm[8:16]])], steps_per_epoch=2)
+    assert int(m.clusterings) == 1
+    assert (m.assignments[:, perm[:16]] >= 0).all() and (m.assignments[:, perm[16:]] == -1).all()
     assert torch.allclose(m.prototypes[0].weight.norm(dim=1), torch.ones(3), atol=1e-5)
-    loss = m.training_step(m.views(x), 0.0, BatchInfo(torch.arange(8), torch.full((8,), -1))).loss
-    assert loss.item() > 0
+    batch = BatchInfo(perm[:8], torch.full((8,), -1))
+    assert m.training_step(m.views(x[perm[:8]]), 0.0, batch).loss.item() > 0   # step 1 learns
+    m.after_optimizer_step(0.0)
+    assert int(m.clusterings) == 1
+    m.training_step(m.views(x[perm[8:16]]), 0.1, BatchInfo(perm[8:16], torch.full((8,), -1)))
+    m.after_optimizer_step(0.1)
+    assert int(m.clusterings) == 2 and not m.refreshed.any()   # the next epoch starts
+
+
+def test_deepcluster_clusters_every_epoch_in_a_real_run(tmp_path):
+    """Counted through the loop on real images: 1 + steps / steps-per-epoch clusterings (the
+    last batch of every epoch dropped), and the loss is never zero."""
+    import json
+
+    from selfsup.config import load_config
+    from selfsup.pretrain import pretrain
+
+    cfg = load_config(None, ["method.name=deepcluster_v2", "method.hidden_dim=32",
+                             "method.out_dim=16", "method.n_prototypes=10", "method.n_heads=2",
+                             "model.backbone=convnet", "model.width=0.25", "data.image_size=16",
+                             "augment.size=16", "data.subset=100", "train.batch_size=32",
+                             "train.steps=9", "train.log_every=1", "train.progress=false",
+                             "eval.monitor=false"])
+    run, summary = pretrain(cfg, tmp_path / "run")
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    # 100 images, batch 32: 3 steps an epoch (4 images dropped); clusterings before steps 1, 4, 7
+    assert [r["clusterings"] for r in train] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert all(r["loss"] > 0 for r in train)
+    assert all(r["assigned"] >= 0.8 for r in train) and train[0]["clusters_used"] >= 2
 
 
 def test_swav_prototypes_frozen_then_trained_and_renormalised():

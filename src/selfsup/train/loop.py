@@ -177,6 +177,20 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     hidden_np = getattr(dataset, "hidden_labels", None)
     hidden = torch.from_numpy(hidden_np).to(device) if semi and hidden_np is not None else None
 
+    if step == 0 and hasattr(method, "init_memory"):
+        # DeepCluster-v2: a forward pass over one epoch of augmented batches fills the memory
+        # and makes the first clustering before the first step (swav's init_memory)
+        def epoch_batches():
+            for s in range(steps_per_epoch):
+                idx = batch_indices(n, bs, tc.seed + 1, s)[rank * lbs:(rank + 1) * lbs]
+                idx_t = torch.from_numpy(idx).to(device)
+                yield idx_t, images[idx_t] if resident else dataset.batch(idx).to(device)
+
+        if main_process:
+            print(f"selfsup: filling {cfg.method.get('name')}'s memory ({steps_per_epoch} "
+                  f"batches) ...", file=sys.stderr)
+        method.init_memory(epoch_batches(), steps_per_epoch)
+
     def stop_non_finite(at_step: int, msg: str) -> None:
         bar.close()
         if metrics is not None:
