@@ -53,6 +53,11 @@ VARIANTS = {
         "vae", "mae", "igpt")},
     # AugSelf (issue 6) on SimCLR: crop and colour-difference prediction, lambda 1 each (paper)
     "simclr_augself": (BASE, ["method.augself_crop=1.0", "method.augself_color=1.0"]),
+    # DINO with BatchNorm in its head (the official --use_bn_in_head) and the teacher
+    # temperature held at 0.04: the small-scale setting found by benchmarks/dino_diagnosis.py
+    # (without it the teacher's image-to-image logit spread is < 1 temperature unit at init and
+    # the targets turn uniform within 30 steps)
+    "dino_head_bn": ("dino_cifar10_cpu", ["method.head_bn=true", "method.teacher_temp=0.04"]),
     # DINO with the official ResNet-50 recipe (facebookresearch/dino README): SGD lr 0.03,
     # wd 1e-4, teacher temperature 0.04 throughout, global crops 0.14-1, local 0.05-0.14
     "dino_sgd": ("dino_cifar10_cpu", ["optim.name=sgd", "optim.lr=0.03", "optim.weight_decay=1e-4",
@@ -113,9 +118,13 @@ def main() -> None:
                 cfg = load_config(preset, protocol_overrides(a.data, seed, a.steps) + extra)
                 run_dir = Path(a.out_dir) / f"{name}-seed{seed}-{int(time.time())}"
                 _, summary = pretrain(cfg, run_dir)
-                last = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
-                        if '"eval"' in x][-1]   # the method's output embeddings at the end
-                ev = {**summary["eval"], "images_per_s": summary["images_per_s"],
+                rows_ = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                last = [r for r in rows_ if r["kind"] == "eval"][-1]   # output embeddings at the end
+                # periodic work a method logs (DeepCluster-v2: clusterings so far, the batch's
+                # share of images with a pseudo-class, clusters in use)
+                diag = {k: v for k, v in [r for r in rows_ if r["kind"] == "train"][-1].items()
+                        if k in ("clusterings", "assigned", "clusters_used")}
+                ev = {**summary["eval"], **diag, "images_per_s": summary["images_per_s"],
                       "train_seconds": summary["train_seconds"], "z_std": last.get("z_std"),
                       "z_std_healthy": last.get("z_std_healthy"), "z_rank": last.get("z_rank"),
                       "collapsed": summary["collapsed"]}

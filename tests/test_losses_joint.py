@@ -184,3 +184,22 @@ def test_ema_update_and_cosine_momentum():
     assert torch.equal(target[1].running_mean, online[1].running_mean)
     assert cosine_momentum(0.0) == pytest.approx(0.996) and cosine_momentum(1.0) == 1.0
     assert cosine_momentum(0.5) == pytest.approx(0.998)
+
+
+def test_dino_target_diagnostics_tell_the_two_collapse_modes_apart():
+    from selfsup.losses.clustering import target_diagnostics
+
+    k, b = 16, 8
+    center = torch.zeros(k)
+    uniform = target_diagnostics(torch.zeros(b, k), center, 0.04)       # centring won
+    assert uniform["target_entropy"] == pytest.approx(1.0) and uniform["batch_entropy"] == \
+        pytest.approx(1.0) and uniform["logit_spread"] == 0.0
+    same = torch.zeros(b, k)
+    same[:, 3] = 1.0                                                    # sharpening won
+    one = target_diagnostics(same, center, 0.04)
+    assert one["target_entropy"] < 0.01 and one["batch_entropy"] < 0.01
+    healthy = torch.eye(k)[:b]                                          # sharp, and different
+    h = target_diagnostics(healthy, center, 0.04)
+    assert h["target_entropy"] < 0.01
+    assert h["batch_entropy"] == pytest.approx(math.log(b) / math.log(k), abs=0.01)
+    assert h["logit_spread"] > 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +61,25 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
     cross-entropy with log_softmax(s / ts) over all (teacher i, student j != i) pairs, averaged."""
     targets = [F.softmax((t.float() - center) / teacher_temp, dim=1).detach() for t in teacher]
     return _cross_view_ce(targets, student, student_temp)
+
+
+@torch.no_grad()
+def target_diagnostics(teacher: torch.Tensor, center: torch.Tensor, teacher_temp: float
+                       ) -> dict[str, float]:
+    """What DINO's targets look like, for telling its two collapse modes apart (teacher: [B, K]
+    logits). ``target_entropy``: mean entropy of one image's target / log K (1 = uniform: the
+    centring won); ``batch_entropy``: entropy of the batch-mean target / log K (near 0: every
+    image gets the same prototype: the sharpening won); healthy is low per image, high for the
+    batch. ``logit_spread``: std over images of the centred teacher logits, averaged over the K
+    outputs, in units of the teacher temperature (small: every image gets the same target)."""
+    z = (teacher.float() - center) / teacher_temp
+    p = F.softmax(z, dim=1)
+    log_k = math.log(p.shape[1])
+    h_img = -(p * F.log_softmax(z, dim=1)).sum(1).mean() / log_k
+    q = p.mean(0)
+    h_batch = -(q * q.clamp_min(1e-12).log()).sum() / log_k
+    return {"target_entropy": float(h_img), "batch_entropy": float(h_batch),
+            "logit_spread": float(z.std(0).mean())}
 
 
 @torch.no_grad()

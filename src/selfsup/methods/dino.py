@@ -23,6 +23,7 @@ from torch import nn
 from ..augment import ViewConfig
 from ..augment.multicrop import MultiCrop, local_size_for
 from ..losses import dino_center, dino_loss
+from ..losses.clustering import target_diagnostics
 from ..nn.distributed import all_reduce_mean
 from ..nn.ema import cosine_momentum, ema_update, frozen_copy
 from . import METHODS
@@ -46,16 +47,23 @@ class DINOConfig:
     global_scale_min: float = 0.4
     local_scale_min: float = 0.05
     local_scale_max: float = 0.4
+    head_bn: bool = False                       # BatchNorm after the head's hidden layers: the
+                                                # official repo's --use_bn_in_head (default off)
 
 
 class DINOHead(nn.Module):
     """3-layer MLP (GELU) -> bottleneck -> l2-normalise -> weight-normalised linear (norm fixed
     to 1, as the paper's norm_last_layer=True)."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int):
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int,
+                 bn: bool = False):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(),
-                                 nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+
+        def hidden(i: int) -> list[nn.Module]:
+            return [nn.Linear(i, hidden_dim), *([nn.BatchNorm1d(hidden_dim)] if bn else []),
+                    nn.GELU()]
+
+        self.mlp = nn.Sequential(*hidden(in_dim), *hidden(hidden_dim),
                                  nn.Linear(hidden_dim, bottleneck_dim))
         self.last_layer = nn.utils.parametrizations.weight_norm(
             nn.Linear(bottleneck_dim, out_dim, bias=False))
@@ -81,7 +89,8 @@ class DINO(Method):
         self.cfg = cfg = cfg or DINOConfig()
         view_cfg = view_cfg or ViewConfig()
         self.backbone = backbone
-        self.head = DINOHead(backbone.embed_dim, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim)
+        self.head = DINOHead(backbone.embed_dim, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim,
+                             cfg.head_bn)
         self.teacher_backbone, self.teacher_head = frozen_copy(backbone), frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(cfg.out_dim))
         self.crops = MultiCrop(view_cfg, cfg.n_local_crops, cfg.local_size or
@@ -113,7 +122,9 @@ class DINO(Method):
         self._teacher_out = t
         with torch.no_grad():
             emb = self.head.bottleneck(h[:n])
-        return StepOutput(loss, {"loss": loss.item(), "teacher_temp": tt}, embeddings=emb)
+        logs = {"loss": loss.item(), "teacher_temp": tt, "center_norm": float(self.center.norm()),
+                **target_diagnostics(t[0], self.center, tt)}
+        return StepOutput(loss, logs, embeddings=emb)
 
     def after_optimizer_step(self, progress: float) -> None:
         m = cosine_momentum(progress, self.cfg.base_momentum)
