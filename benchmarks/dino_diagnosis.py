@@ -1,6 +1,7 @@
 """DINO on the CIFAR-10 CPU protocol: what its targets look like in the first steps, per recipe.
 
-Each variant trains the `dino_cifar10_cpu` preset with one change, on the 600-step schedule
+Each variant trains the `dino_cifar10_cpu` preset as it was before 2026-11-30 (BEFORE) with
+one change, on the 600-step schedule
 (warm-ups, momentum and temperature schedules as in the full run) but stopped after
 --seconds of training, logging every 5 steps:
 
@@ -27,6 +28,9 @@ import torch
 from selfsup.config import load_config
 from selfsup.pretrain import pretrain
 
+# the preset as it was before this diagnosis (no head BN, teacher temperature 0.04 -> 0.07);
+# every variant below starts from it
+BEFORE = ["method.head_bn=false", "method.teacher_temp=0.07"]
 VARIANTS = {
     "preset": [],
     "centring_off": ["method.center_momentum=1.0"],            # broken on purpose: C stays 0
@@ -57,7 +61,8 @@ def main() -> None:
     for name in a.only:
         over = [f"data.path={a.data}", f"train.seed={a.seed}", "train.log_every=5",
                 "train.progress=false", "eval.monitor=false", "data.test_split=",
-                f"train.time_limit={a.seconds}", "train.eval_every=25", *VARIANTS[name], *a.extra]
+                f"train.time_limit={a.seconds}", "train.eval_every=25", *BEFORE, *VARIANTS[name],
+                *a.extra]
         cfg = load_config("dino_cifar10_cpu", over)
         run_dir = Path(a.out_dir) / f"{name}-seed{a.seed}-{int(time.time())}"
         t0 = time.time()

@@ -21,7 +21,8 @@ LABELS = {
     "head_linear": "SimCLR, linear head",
     "head_none": "SimCLR, no head",
     "mocov2": "MoCo v2", "byol": "BYOL", "simsiam": "SimSiam", "barlow_twins": "Barlow Twins",
-    "vicreg": "VICReg", "swav": "SwAV (2+2 crops)", "dino": "DINO (2+2 crops)",
+    "vicreg": "VICReg", "swav": "SwAV (2+2 crops)", "dino": "DINO (2+2 crops), old preset: no head BN, tt 0.04->0.07",
+    "dino_head_bn": "DINO (2+2 crops), preset: head BN, tt 0.04",
     "deepcluster_v2": "DeepCluster-v2", "supcon": "SupCon (uses all labels)",
     "dino_sgd": "DINO, official ResNet recipe (SGD, teacher temp 0.04)",
     "simsiam_no_sg": "SimSiam without stop-gradient",
@@ -42,7 +43,7 @@ LABELS = {
 }
 METHODS = ["random", "simclr", "mocov2", "byol", "simsiam", "simsiam_no_sg", "barlow_twins",
            "vicreg", "swav",
-           "dino", "dino_sgd", "deepcluster_v2", "supcon"]
+           "dino", "dino_head_bn", "dino_sgd", "deepcluster_v2", "supcon"]
 TABLES = {
     "Pretraining vs baselines": ["simclr", "random", "raw"],
     "Claim: crop + colour beats either alone": ["simclr", "crop_only", "color_only"],
