@@ -171,3 +171,26 @@ def test_careless_inputs_are_answered_before_torch_is_imported(tmp_path):
         assert res.returncode == 0, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_fit_with_a_budget_measures_plans_and_keeps_to_it(tmp_path):
+    """--budget: each stage's step is measured on this machine, the steps are planned from the
+    time left, and the whole fit ends near the budget (a regression: the measurement once built
+    its configs with 0 steps, which the config checks refuse, so every --budget fit failed)."""
+    import time
+
+    ds = _digits()
+    idx = np.concatenate([np.flatnonzero(ds.labels == c)[:10] for c in range(3)])
+    _write(tmp_path / "lab", ds, idx)
+    _write(tmp_path / "unl", ds, np.flatnonzero(ds.labels < 3)[10:70], classes=False)
+    out = tmp_path / "fit"
+    t0 = time.time()
+    assert main(["fit", str(tmp_path / "lab"), "--unlabeled", str(tmp_path / "unl"), "-o",
+                 str(out), "--budget", "40s", "train.progress=false"]) == 0
+    wall = time.time() - t0
+    ch = json.loads((out / "choices.json").read_text())
+    measured = ch["reasons"]["measured_s_per_step"]
+    assert measured["ssl"] > 0 and measured["semi"] > 0
+    assert ch["ssl_steps"] >= 10 and ch["steps"] >= 10 and "budget" in ch["reasons"]["steps"]
+    assert wall < 40 * 1.6, wall      # generous: a loaded CI machine; the planner aims at 95%
+    assert (out / "classifier" / "model.safetensors").exists()

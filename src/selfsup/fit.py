@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -221,7 +221,9 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     n_unl_files = sum(1 for _ in getattr(open_source(unlabeled), "items", [])) if unlabeled else 0
 
     def step_seconds(c: Choices):
-        ssl_cfg, semi_cfg = _stage_configs(c, overrides, seed)
+        # measured before the step counts are chosen: any valid count builds the same step
+        ssl_cfg, semi_cfg = _stage_configs(replace(c, ssl_steps=max(1, c.ssl_steps),
+                                                   steps=max(1, c.steps)), overrides, seed)
         x = torch.randint(0, 256, (c.ssl_batch, 3, c.image_size, c.image_size), dtype=torch.uint8)
         s1 = _time_steps(ssl_cfg, x, torch.full((len(x),), -1))
         nb = c.batch + int(c.uratio * c.batch)
