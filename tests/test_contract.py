@@ -65,6 +65,8 @@ def test_method_contract(name):
     else:
         backbone = backbones.create("convnet", width=0.25)
     method = cls(backbone, cfg, ViewConfig(size=16))
+    if name == "distillation":   # the teacher is an input of the run (a frozen network)
+        method.set_teacher(backbones.create("convnet", width=0.5))
     method.setup(8)  # the loop calls this with the dataset size
     method.train()
     images = torch.randint(0, 256, (8, 3, 20, 20), dtype=torch.uint8)

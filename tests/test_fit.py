@@ -66,11 +66,11 @@ def test_fit_then_predict_and_export(tmp_path, capsys):
     page = (out / "report.html").read_text()
     for title in ("Training", "Label efficiency", "Embedding map", "Nearest neighbours",
                   "Classifier on the test set", "Most confident mistakes",
-                  "Collapse check", "Data report"):
+                  "Most unusual images", "Collapse check", "Data report"):
         assert f"<h2>{title}" in page, title
     n_img = page.count("<img src=\"data:image/png;base64,")
     no_mistakes = "no mistakes on the validation split" in page
-    assert n_img == (6 if no_mistakes else 7)
+    assert n_img == (7 if no_mistakes else 8)
     assert "http://" not in page and "https://" not in page and "<script" not in page
     facts = json.loads((out / "report.json").read_text())
     assert abs(facts["val_acc"] - s["classifier"]["val_acc_final"]) < 1e-6
@@ -84,6 +84,14 @@ def test_fit_then_predict_and_export(tmp_path, capsys):
     rows = list(csv.DictReader(pred.open()))
     acc = np.mean([r["class"] == r["path"].split("/")[-2] for r in rows])
     assert len(rows) == 100 and abs(acc - s["classifier"]["test_acc_final"]) < 0.02
+    # "not a class we know": a threshold set on the 20 validation images, a score per image
+    ood = json.loads((out / "classifier" / "ood.json").read_text())
+    assert ood["score"] == "knn" and ood["bank_images"] == 100 and ood["calibration_images"] == 20
+    assert set(ood["thresholds"]) == {"msp", "energy", "knn"}
+    scores = np.array([float(r["ood_score"]) for r in rows])
+    flagged = np.array([r["unknown"] == "1" for r in rows])
+    assert np.array_equal(flagged, scores > ood["thresholds"]["knn"])
+    assert flagged.mean() < 0.5          # known-class images mostly pass
     assert main(["export", str(out / "classifier"), "-o", str(tmp_path / "exp"), "--check",
                  str(tst)]) == 0
     assert json.loads((tmp_path / "exp" / "export.json").read_text())["ok"]

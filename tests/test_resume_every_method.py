@@ -66,6 +66,13 @@ def _run(name: str, run_dir, stop_after=None):
         torch.manual_seed(1)
         method.set_teacher(Classifier(backbones.create("convnet", width=0.25), 10))
         torch.random.set_rng_state(g)
+    if name == "distillation":  # a frozen teacher network, the same every time
+        from selfsup import backbones
+
+        g = torch.random.get_rng_state()
+        torch.manual_seed(1)
+        method.set_teacher(backbones.create("convnet", width=0.5))
+        torch.random.set_rng_state(g)
     if name == "noisy_student":
         unl = np.flatnonzero(ds.labels < 0)
         probs = np.random.default_rng(0).dirichlet(np.ones(10), len(unl)).astype(np.float32)

@@ -60,7 +60,7 @@ def _cmd_fit(args) -> int:
 
     # careless inputs are answered before torch is imported (that takes seconds)
     for path, what in ((args.labeled, "labeled folder"), (args.unlabeled, "--unlabeled"),
-                       (args.test, "--test")):
+                       (args.test, "--test"), (args.extra_labels, "--extra-labels")):
         if path is not None and not Path(path).expanduser().exists():
             print(f"selfsup: error: {what} {path}: no such file or folder", file=sys.stderr)
             return 2
@@ -76,12 +76,13 @@ def _cmd_fit(args) -> int:
               "semisup_method": args.semisup_method}
     preflight(args.labeled, Path(args.out), args.unlabeled, args.test, args.overwrite,
               fit_record(args.labeled, args.unlabeled, args.test, args.budget, args.seed,
-                         args.overrides, forced))
+                         args.overrides, forced, args.extra_labels), args.extra_labels)
     from .fit import fit
 
     summary = fit(args.labeled, args.out, unlabeled=args.unlabeled, test=args.test,
                   budget=args.budget, overrides=args.overrides, forced=forced, seed=args.seed,
-                  overwrite=args.overwrite, allow_data_change=args.allow_data_change)
+                  overwrite=args.overwrite, allow_data_change=args.allow_data_change,
+                  extra_labels=args.extra_labels)
     print(json.dumps(summary, indent=1))
     h = summary.get("headline")
     if h:
@@ -92,6 +93,17 @@ def _cmd_fit(args) -> int:
     print(f"kept: {summary['comparison']['kept']} ({summary['comparison']['reason']})")
     print(f"model: {summary['model']}\nnext: selfsup predict {args.out}/classifier PATH... ; "
           f"selfsup export {args.out}/classifier -o {args.out}/export")
+    return 0
+
+
+def _cmd_select(args) -> int:
+    from .select import select
+
+    s = select(args.model, args.pool, args.out, n=args.n, labeled=args.labeled,
+               strategy=args.strategy, seed=args.seed, device=args.device)
+    print(json.dumps(s, indent=1))
+    print(f"next: fill in the label column of {s['csv']} (thumbnails: {s['contact_sheet']}), "
+          f"then selfsup fit LABELED --extra-labels {s['csv']} ...")
     return 0
 
 
@@ -313,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("labeled", help="folder with one sub-folder per class, a .tar.gz of it, or a "
                     "CSV of path,label")
     ft.add_argument("--unlabeled", "-u", default=None, help="folder/archive of unlabeled images")
+    ft.add_argument("--extra-labels", default=None, metavar="CSV",
+                    help="more labels: the to_label.csv that `selfsup select` wrote, with its "
+                    "label column filled in (rows left empty are skipped)")
     ft.add_argument("--test", default=None, help="labeled images kept for a final test")
     ft.add_argument("--budget", default=None, help="time budget, e.g. 30m, 2h, 90s (default: a "
                     "fixed recipe from the data size)")
@@ -380,6 +395,35 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--overwrite", action="store_true")
     em.set_defaults(func=_cmd_embed)
 
+    se = sub.add_parser("select", help="which photos to label next -> a CSV to fill in + a "
+                        "contact sheet",
+                        description="Choose the N photos of POOL the expert should label next. "
+                        "Cold start (an encoder only, or fewer than 10 labels per class): the most "
+                        "typical image of each uncovered k-means cluster of the self-supervised "
+                        "embedding (TypiClust). Later rounds (a classifier from `selfsup fit`): "
+                        "uncertain and diverse images (BADGE: k-means++ on the last layer's "
+                        "gradient embeddings). Writes OUT/to_label.csv (fill in the label "
+                        "column), OUT/images/ (copies of the chosen photos), "
+                        "OUT/contact_sheet.html (thumbnails in labeling order) and "
+                        "OUT/selection.json; then `selfsup fit LABELED --extra-labels "
+                        "OUT/to_label.csv`.")
+    se.add_argument("pool", help="folder/archive of unlabeled photos to choose from")
+    se.add_argument("--model", "-m", required=True, help="a fit folder, or a semisup or "
+                    "pretrain run (its encoder embeds the photos)")
+    se.add_argument("--labeled", "-l", default=None, help="the photos labeled so far (class "
+                    "sub-folders or a CSV): their clusters count as covered, and pool photos "
+                    "with the same pixels are never chosen again")
+    se.add_argument("-n", type=int, default=50, help="how many photos to choose (default 50)")
+    se.add_argument("--strategy", default="auto", choices=["auto", "typiclust", "badge",
+                                                           "margin", "random"],
+                    help="auto (default): typiclust at cold start, badge once a classifier has "
+                    ">= 10 labels per class")
+    se.add_argument("--out", "-o", default="runs/select", help="output folder (default "
+                    "runs/select; must be new or empty)")
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--device", default="cpu")
+    se.set_defaults(func=_cmd_select)
+
     ex = sub.add_parser("export", help="export a classifier to safetensors + ONNX",
                         description="Write OUT/model.safetensors, OUT/model.onnx (input: float32 "
                         "RGB [B, 3, S, S] in [0, 1]; outputs logits and probabilities; "
@@ -442,12 +486,14 @@ def main(argv=None) -> int:
         from .config import ConfigError
         from .pretrain import RunDirError
         from .registry import UnknownNameError
+        from .backbones.external import InitError
         from .rundir import RunFileError
         from .train.checkpoint import DamagedCheckpointError, UnsafeCheckpointError
         from .train.loop import NonFiniteLossError
 
         if isinstance(e, (ConfigError, DataError, RunDirError, UnknownNameError, RunFileError,
-                          UnsafeCheckpointError, DamagedCheckpointError, NonFiniteLossError)):
+                          UnsafeCheckpointError, DamagedCheckpointError, NonFiniteLossError,
+                          InitError)):
             print(f"selfsup: error: {e}", file=sys.stderr)
             return 2
         raise

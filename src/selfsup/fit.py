@@ -66,6 +66,15 @@ def concat_unlabeled(labeled: ImageDataset, unlabeled: ImageDataset | None) -> I
                         labeled.skipped + unlabeled.skipped)
 
 
+def add_labeled(lab: ImageDataset, extra: ImageDataset) -> ImageDataset:
+    """``lab`` followed by the labeled rows of ``extra`` (re-indexed to ``lab``'s classes)."""
+    extra = extra.subset(np.flatnonzero(extra.labels >= 0)).aligned_to(lab.classes)
+    return ImageDataset(np.concatenate([np.asarray(lab.images), np.asarray(extra.images)]),
+                        np.concatenate([lab.labels, extra.labels]), lab.classes,
+                        lab.names + [f"extra/{n}" for n in extra.names],
+                        f"{lab.source} + {extra.source}", lab.skipped + extra.skipped)
+
+
 @dataclass
 class Choices:
     device: str
@@ -179,18 +188,19 @@ def _time_steps(cfg: RunConfig, x: torch.Tensor, labels: torch.Tensor, n: int = 
 def fit(labeled: str | Path, out: str | Path, unlabeled: str | Path | None = None,
         test: str | Path | None = None, budget: str | None = None, overrides: list[str] = (),
         forced: dict | None = None, seed: int = 0, progress: bool = True,
-        overwrite: bool = False, allow_data_change: bool = False) -> dict:
+        overwrite: bool = False, allow_data_change: bool = False,
+        extra_labels: str | Path | None = None) -> dict:
     out = Path(out)
     budget_s = parse_budget(budget)
     forced = {k: v for k, v in (forced or {}).items() if v is not None}
-    record = fit_record(labeled, unlabeled, test, budget, seed, overrides, forced)
-    counts, resume = preflight(labeled, out, unlabeled, test, overwrite, record)
+    record = fit_record(labeled, unlabeled, test, budget, seed, overrides, forced, extra_labels)
+    counts, resume = preflight(labeled, out, unlabeled, test, overwrite, record, extra_labels)
     if allow_data_change:   # not part of the record: a resume may add it
         overrides = [*overrides, "train.allow_data_change=true"]
     created = not out.exists()
     try:
         return _fit(labeled, out, unlabeled, test, budget_s, overrides, forced, seed, progress,
-                    counts, resume, overwrite, record)
+                    counts, resume, overwrite, record, extra_labels)
     except BaseException:
         # a run that failed before its first checkpoint leaves nothing behind
         if created and rundir.is_run(out) and not any(out.rglob("last.pt")):
@@ -204,7 +214,8 @@ def fit(labeled: str | Path, out: str | Path, unlabeled: str | Path | None = Non
 
 
 def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed, progress,
-         counts: dict[str, int], resume: bool, overwrite: bool, record: dict) -> dict:
+         counts: dict[str, int], resume: bool, overwrite: bool, record: dict,
+         extra_labels=None) -> dict:
     t_start = time.time()
     device = str(resolve_device("auto"))
     side = typical_side(labeled)
@@ -271,6 +282,8 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
 
     size = c.image_size
     lab = load(labeled)
+    if extra_labels:   # the rows of a `selfsup select` CSV the expert filled in
+        lab = add_labeled(lab, load(extra_labels))
     unl = load(unlabeled) if unlabeled else None
     test_ds = load(test).aligned_to(lab.classes) if test else None
     if use_val:
@@ -352,10 +365,14 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
 
     calib = calibrate_flag(clf_dir, val_ds, device)
     write_json(clf_dir / "calibration.json", calib)
+    from .ood import calibrate_ood
+
+    ood = calibrate_ood(clf_dir, lab.subset(train_idx), val_ds, device)
     headline = _headline(clf_dir, test_ds, device) if test_ds is not None else None
     summary = {"labeled": len(lab), "classes": lab.classes, "validation": len(val_idx),
                "unlabeled": len(unl) if unl else 0, "test": len(test_ds) if test_ds else 0,
                "headline": headline, "comparison": comparison, "uncertainty": calib,
+               "unknown": ood,
                "choices": {k: v for k, v in c.__dict__.items() if k != "reasons"},
                "pretrain": {k: ssl_summary.get(k) for k in ("steps", "train_seconds",
                                                             "images_per_s", "collapsed",

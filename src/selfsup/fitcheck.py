@@ -29,9 +29,11 @@ def parse_budget(text: str | None) -> float | None:
     return sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in parts)
 
 
-def fit_record(labeled, unlabeled, test, budget, seed, overrides, forced) -> dict:
+def fit_record(labeled, unlabeled, test, budget, seed, overrides, forced,
+               extra_labels=None) -> dict:
     """What ``fit.json`` holds: the arguments that make a fit this fit (resume needs them equal)."""
     return {"labeled": str(labeled), "unlabeled": str(unlabeled) if unlabeled else None,
+            **({"extra_labels": str(extra_labels)} if extra_labels else {}),
             "test": str(test) if test else None, "budget": budget, "seed": seed,
             "overrides": list(overrides),
             "forced": {k: v for k, v in (forced or {}).items() if v is not None}}
@@ -57,20 +59,39 @@ def _label_counts(labeled: str | Path) -> dict[str, int]:
     return counts
 
 
+def extra_label_counts(extra: str | Path, classes) -> dict[str, int]:
+    """Labeled rows per class of a filled-in ``selfsup select`` CSV (rows left empty are
+    skipped); a class that is not one of ``classes`` is refused, naming it."""
+    if not str(extra).lower().endswith(".csv"):
+        raise DataError(f"--extra-labels {extra}: expected the CSV that `selfsup select` wrote "
+                        f"(to_label.csv) with its label column filled in")
+    counts = _label_counts(extra)
+    unknown = sorted(set(counts) - set(classes))
+    if unknown:
+        raise DataError(f"--extra-labels {extra}: label(s) {', '.join(map(repr, unknown))} are "
+                        f"not classes of the labeled folder ({', '.join(sorted(classes))}); fix "
+                        f"the spelling or add a sub-folder for the new class")
+    return counts
+
+
 def preflight(labeled, out: Path, unlabeled=None, test=None, overwrite: bool = False,
-              record: dict | None = None) -> tuple[dict[str, int], bool]:
+              record: dict | None = None, extra_labels=None) -> tuple[dict[str, int], bool]:
     """Every check that can refuse a fit, before anything is written: the labels (at least two
     classes, each with an image), the other folders, and the output folder (a new or empty
     folder, an unfinished fit of the same data to resume, or with ``overwrite`` an earlier fit
     folder holding nothing else). Returns (images per class, resume?)."""
     counts = _label_counts(labeled)
+    if extra_labels is not None:
+        for c, k in extra_label_counts(extra_labels, counts).items():
+            counts[c] += k
     if not counts:
         raise DataError(f"{labeled}: no labeled images found: put the labeled images in one "
                         f"sub-folder per class, or give a CSV of path,label")
     if len(counts) < 2:
         raise DataError(f"{labeled}: only one class ({next(iter(counts))!r}); a classifier needs "
                         f"labeled images of at least two classes (one sub-folder per class)")
-    for path, what in ((unlabeled, "--unlabeled"), (test, "--test")):
+    for path, what in ((unlabeled, "--unlabeled"), (test, "--test"),
+                       (extra_labels, "--extra-labels")):
         if path is not None and not Path(path).expanduser().exists():
             raise DataError(f"{what} {path}: no such file or folder")
     if out.exists() and not out.is_dir():

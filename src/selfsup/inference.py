@@ -150,8 +150,12 @@ def predict(model_dir: str | Path, paths: list[str | Path], out: str | Path,
     supervised or ``fit`` run, or an exported folder) and write a CSV:
     path, class, confidence, top-k as "class:p;...", low_confidence (1 when the prediction is
     uncertain: a confidence below ``low_confidence`` when given, else the rule of the model's
-    calibration.json, else a confidence below (1 + 1/C) / 2), error (for unreadable files). Returns counts, throughput and
-    the rule used."""
+    calibration.json, else a confidence below (1 + 1/C) / 2), ood_score and unknown (1 when
+    the image looks like none of the known classes: its out-of-distribution score is above the
+    threshold of the model's ood.json, see ``ood.py``; empty for a model without one), error
+    (for unreadable files). Returns counts, throughput and the rules used."""
+    from .ood import all_scores, load_ood
+    from .semisup.base import Classifier
     from .semisupervised import load_classifier
 
     out = Path(out)
@@ -163,7 +167,13 @@ def predict(model_dir: str | Path, paths: list[str | Path], out: str | Path,
     size, input_size = int(meta["image_size"]), int(meta.get("input_size", meta["image_size"]))
     k = min(top_k, len(classes))
     rule, flag = _flag_rule(Path(model_dir), len(classes), low_confidence)
-    counts = {"images": 0, "unreadable": 0, "low_confidence": 0}
+    ood, bank = load_ood(model_dir)
+    ood_name = ood["score"] if ood else None
+    if ood_name == "knn" and bank is None:
+        ood_name = None
+    ood_thr = (ood or {}).get("thresholds", {}).get(ood_name) if ood_name else None
+    bank = bank.to(device) if bank is not None else None
+    counts = {"images": 0, "unreadable": 0, "low_confidence": 0, "unknown": 0}
     t0 = time.perf_counter()
     bar = tqdm(desc="predict", unit="img", disable=not progress, file=sys.stderr)
     # written beside ``out`` and renamed over it when complete (a link at ``out`` is replaced,
@@ -171,20 +181,30 @@ def predict(model_dir: str | Path, paths: list[str | Path], out: str | Path,
     with rundir.atomic_path(out) as tmp, open(tmp, "x", newline="", encoding="utf-8",
                                               errors="backslashreplace") as f:
         w = csv.writer(f)
-        w.writerow(["path", "class", "confidence", f"top{k}", "low_confidence", "error"])
+        w.writerow(["path", "class", "confidence", f"top{k}", "low_confidence", "ood_score",
+                    "unknown", "error"])
         for names, x, bad in batches(paths, size, batch_size):
             if len(names):
-                probs = model(_prepare(x, input_size, mean, std, device)).float().softmax(1)
+                xb = _prepare(x, input_size, mean, std, device)
+                if ood_name and isinstance(model, Classifier):   # backbone -> fc
+                    logits, scores = all_scores(model, xb, bank, int(ood["k"]))
+                    oscore = scores[ood_name].tolist()
+                else:
+                    logits, oscore = model(xb).float(), [None] * len(names)
+                probs = logits.softmax(1)
                 pk, ik = probs.topk(k, dim=1)
                 # a non-finite output (a broken model) is always flagged, never trusted
                 flags = (flag(probs) | ~torch.isfinite(probs).all(1)).tolist()
-                for name, p, i, fl in zip(names, pk.tolist(), ik.tolist(), flags):
+                for name, p, i, fl, o in zip(names, pk.tolist(), ik.tolist(), flags, oscore):
                     low = int(fl)
+                    unk = "" if o is None or ood_thr is None else int(not o <= ood_thr)
                     counts["low_confidence"] += low
+                    counts["unknown"] += unk or 0
                     w.writerow([name, classes[i[0]], f"{p[0]:.4f}",
-                                ";".join(f"{classes[c]}:{q:.4f}" for c, q in zip(i, p)), low, ""])
+                                ";".join(f"{classes[c]}:{q:.4f}" for c, q in zip(i, p)), low,
+                                "" if o is None else f"{o:.4f}", unk, ""])
             for name, reason in bad:
-                w.writerow([name, "", "", "", "", reason])
+                w.writerow([name, "", "", "", "", "", "", reason])
             counts["images"] += len(names)
             counts["unreadable"] += len(bad)
             bar.update(len(names) + len(bad))
@@ -192,6 +212,8 @@ def predict(model_dir: str | Path, paths: list[str | Path], out: str | Path,
     bar.close()
     seconds = time.perf_counter() - t0
     return {**counts, "out": str(out), "seconds": seconds, "uncertainty_rule": rule,
+            "unknown_rule": (ood or {}).get("rule") if ood_thr is not None else
+            "none: the model has no ood.json with a threshold (fit writes one)",
             "images_per_s": counts["images"] / max(1e-9, seconds)}
 
 

@@ -34,10 +34,16 @@ class RunDirError(RuntimeError):
     pass
 
 
-def build_backbone(cfg: RunConfig) -> torch.nn.Module:
+def build_backbone(cfg: RunConfig, init: bool = True) -> torch.nn.Module:
+    """The run's backbone; with ``model.init`` (and ``init``) starting from those weights."""
     m = cfg.model
-    return backbones.build(m.backbone, m.width, m.cifar_stem, cfg.augment.size, m.patch_size,
-                           m.depth)
+    net = backbones.build(m.backbone, m.width, m.cifar_stem, cfg.augment.size, m.patch_size,
+                          m.depth)
+    if init and m.init:
+        from .backbones.external import load_init
+
+        load_init(net, m.init)
+    return net
 
 
 def build_method(cfg: RunConfig) -> torch.nn.Module:
@@ -321,7 +327,7 @@ def load_encoder(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    enc = build_backbone(cfg)
+    enc = build_backbone(cfg, init=False)     # its own weights are loaded below
     path = run_dir / "encoder.safetensors"
     if path.exists():
         from safetensors import safe_open

@@ -60,3 +60,11 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0,
     cov = covariance(z1) + covariance(z2)
     loss = sim_weight * inv + var_weight * var + cov_weight * cov
     return loss, {"invariance": inv.item(), "variance": var.item(), "covariance": cov.item()}
+
+
+def feature_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Squared distance between the L2-normalised student and teacher embeddings, averaged over
+    the batch: ||s/|s| - t/|t|||^2 = 2 - 2 cos(s, t). The teacher is a fixed target (detached)."""
+    s = F.normalize(student, dim=1)
+    t = F.normalize(teacher.detach(), dim=1)
+    return (s - t).pow(2).sum(1).mean()

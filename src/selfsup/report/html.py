@@ -361,6 +361,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
             else:
                 sections.append(_section("Most confident mistakes",
                                          f"<p>no mistakes on the {where}</p>"))
+            unusual = _unusual_section(clf, model, meta, judge, pred, classes, where)
+            if unusual:
+                sections.append(unusual)
     else:
         sections.append(_section("Evaluation", "<p class=note>no labeled validation or test "
                                  "images in this run: label efficiency, confusion matrix, maps "
@@ -403,6 +406,31 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
     rundir.write_text(out, page)
     rundir.write_json(out.with_suffix(".json"), facts)
     return out
+
+
+def _unusual_section(clf: Path, model, meta, ds, pred, classes, where: str) -> str | None:
+    """The images the classifier finds least like its known classes (ood.json's score), with
+    the share flagged as unknown at the calibrated threshold."""
+    from ..ood import dataset_scores, load_ood
+
+    ood, bank = load_ood(clf)
+    name = (ood or {}).get("score")
+    thr = (ood or {}).get("thresholds", {}).get(name)
+    if thr is None or (name == "knn" and bank is None):
+        return None
+    sc = dataset_scores(model, ds, bank, int(ood["k"]), mean=json.loads(meta["mean"]),
+                        std=json.loads(meta["std"]))[name]
+    top = np.argsort(-sc)[:8]
+    grid = _image_grid([[_thumb(ds.images[i]) for i in top]],
+                       [[f"{name} {sc[i]:.2f}{' UNKNOWN' if sc[i] > thr else ''}\n(guess "
+                         f"{classes[pred[i]]})" for i in top]], "most unusual images")
+    return _section("Most unusual images", _img(grid, f"the {len(top)} images of the {where} "
+                                                      f"least like the known classes") +
+                    f"<p>{100 * float((sc > thr).mean()):.1f}% of the {len(sc)} images of the "
+                    f"{where} are flagged as unknown by <code>predict</code> "
+                    f"({html.escape(ood.get('rule', ''))}; "
+                    f"threshold {thr:.3f}). On images of the known classes about "
+                    f"{100 * (1 - ood['known_pass_rate']):.0f}% are flagged by design.</p>")
 
 
 def _load_full(run_dir: Path, cfg):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import ConfigError
 from ..evaluate.collapse import CollapseDetector, collapse_metrics
 from ..methods.base import BatchInfo
 from ..nn.distributed import all_gather_object, all_reduce_sum, barrier, init_from_env
@@ -90,7 +91,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         torch.set_num_threads(tc.threads)
     n, bs, total = len(dataset), tc.batch_size, tc.steps
     if bs % world:
-        raise ValueError(f"train.batch_size={bs} (the global batch) must be divisible by the "
+        raise ConfigError(f"train.batch_size={bs} (the global batch) must be divisible by the "
                          f"number of processes ({world})")
     lbs = bs // world  # this rank's share
     # semi-supervised methods zip an infinite labeled stream (bs) and an infinite unlabeled
@@ -101,17 +102,17 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         unlabeled_pool = method.unlabeled_pool(dataset.labels)
         ubs = int(round(method.uratio * bs))
         if ubs % world:
-            raise ValueError(f"the unlabeled batch (method.uratio x train.batch_size = {ubs}) "
+            raise ConfigError(f"the unlabeled batch (method.uratio x train.batch_size = {ubs}) "
                              f"must be divisible by the number of processes ({world})")
         if len(labeled_pool) == 0:
-            raise ValueError("this semi-supervised method needs labeled images; the dataset has "
+            raise ConfigError("this semi-supervised method needs labeled images; the dataset has "
                              "none (give class sub-folders or a labels CSV)")
         if ubs and len(unlabeled_pool) == 0:
-            raise ValueError("no unlabeled images to train on: add unlabeled images, lower "
+            raise ConfigError("no unlabeled images to train on: add unlabeled images, lower "
                              "data.labels_per_class, or set method.uratio=0")
         steps_per_epoch = max(1, (len(unlabeled_pool) // ubs) if ubs else len(labeled_pool) // bs)
     elif n < bs:
-        raise ValueError(f"train.batch_size={bs} is larger than the dataset ({n} images); "
+        raise ConfigError(f"train.batch_size={bs} is larger than the dataset ({n} images); "
                          f"lower train.batch_size")
     else:
         steps_per_epoch = n // bs
@@ -131,7 +132,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     model = method
     sync = cfg.model.sync_bn
     if sync not in ("auto", "on", "off"):
-        raise ValueError(f"model.sync_bn must be auto, on or off; got {sync!r}")
+        raise ConfigError(f"model.sync_bn must be auto, on or off; got {sync!r}")
     if world > 1 and (sync == "on" or (sync == "auto" and getattr(method, "sync_bn", False))):
         if device.type == "cuda":
             method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
