@@ -431,6 +431,7 @@ def _compare(runs: dict, semi_name: str, val_ds, device, n_boot: int = 2000) -> 
 def _headline(clf_dir: Path, test_ds, device) -> dict:
     """Test accuracy with a 95% Wilson interval, balanced accuracy and the majority-class rate."""
     from .evaluate.features import extract_features
+    from .evaluate.stats import wilson_interval
     from .semisupervised import load_classifier
 
     model, _ = load_classifier(clf_dir)
@@ -438,12 +439,9 @@ def _headline(clf_dir: Path, test_ds, device) -> dict:
     y = test_ds.labels
     n = len(y)
     acc = float((pred == y).mean())
-    z = 1.96
-    centre = (acc + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    lo, hi = wilson_interval(acc, n)
     per_class = [float((pred[y == k] == k).mean()) for k in np.unique(y)]
-    return {"test_images": n, "test_acc": acc, "test_acc_95ci": [float(centre - half),
-                                                                 float(centre + half)],
+    return {"test_images": n, "test_acc": acc, "test_acc_95ci": [lo, hi],
             "balanced_acc": float(np.mean(per_class)),
             "majority_rate": float(np.bincount(y).max() / n)}
 

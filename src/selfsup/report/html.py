@@ -340,11 +340,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
             uri, per_class = _confusion(judge.labels, pred, classes, where)
             acc = float((pred == judge.labels).mean())
             n = len(judge)
-            half = 1.96 * np.sqrt(max(acc * (1 - acc), 1e-12) / n)
+            from ..evaluate.stats import wilson_interval
+
+            lo, hi = wilson_interval(acc, n)
             if where == "test set":
                 facts["test_acc"] = acc
             sections.append(_section(f"Classifier on the {where}",
-                                     f"<p>accuracy <b>{acc:.3f}</b> (about ± {half:.3f} at 95%) "
+                                     f"<p>accuracy <b>{acc:.3f}</b> (95% Wilson interval "
+                                     f"{lo:.3f}-{hi:.3f}) "
                                      f"on {n} held-out labeled images"
                                      + (" (per-class rows below rest on fewer images each: read "
                                         "them with that in mind)" if n < 200 else "") + "</p>"
