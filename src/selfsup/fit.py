@@ -95,6 +95,7 @@ class Choices:
 SSL_SHARE = 0.45          # of the training time under --budget
 BUDGET_USE = 0.95         # of --budget planned for training; the rest: evaluation and the report
 REPORT_RESERVE_S = 8.0
+MIN_STEPS_TO_REPLAN = 50   # stage 1 must run this many steps for its speed to re-plan stage 2
 
 
 def stage2_steps(seconds: float, s_semi: float, c: "Choices") -> int:
@@ -329,6 +330,10 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
         measured = c.reasons.get("measured_s_per_step") or {}
         real = ssl_summary["train_seconds"] / max(1, ssl_summary["steps"])
         ratio = real / measured["ssl"] if measured.get("ssl") else 1.0
+        if ssl_summary["steps"] < MIN_STEPS_TO_REPLAN:
+            # a few steps' time is mostly start-up and evaluation, not the step (a 10-step stage
+            # 1 once planned 713 steps where 900 fitted and left a quarter of the budget unused)
+            ratio = 1.0
         semi_s = measured.get("semi") or real
         c.steps = stage2_steps(max(5.0, remaining), semi_s * ratio, c)
         c.reasons["steps"] += (f"; stage 1 ran at {real:.3f} s per step ({ratio:.2f}x the "

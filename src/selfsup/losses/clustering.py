@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ._precision import at_least_float32
+
 from ..nn.distributed import all_reduce_sum, world_size
 
 
@@ -17,7 +19,7 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
     scores: [B, K] prototype scores. Returns Q [B, K], each row a distribution over prototypes
     (rows sum to 1), with prototypes used equally: columns sum to B/K after the final row step
     up to the last iteration's residual (exact at convergence)."""
-    q = torch.exp(scores.float() / epsilon).t()      # [K, B]
+    q = torch.exp(at_least_float32(scores) / epsilon).t()      # [K, B]
     # under torch.distributed the batch is every rank's: the prototype (row) sums and the total
     # are all-reduced, as the official distributed_sinkhorn does (identity in one process)
     q /= all_reduce_sum(q.sum())
@@ -40,7 +42,8 @@ def _cross_view_ce(targets: list[torch.Tensor], logits: list[torch.Tensor],
     for i, t in enumerate(targets):
         for j, s in enumerate(logits):
             if j != i:
-                total = total - (t * F.log_softmax(s.float() / temperature, dim=1)).sum(1).mean()
+                logp = F.log_softmax(at_least_float32(s) / temperature, dim=1)
+                total = total - (t * logp).sum(1).mean()
                 pairs += 1
     return total / pairs
 
@@ -59,7 +62,8 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
     """DINO (Caron et al., 2021, Alg. 1). student: per crop [B, K] logits (globals first),
     teacher: per global crop [B, K] logits, center: [K]. Targets softmax((t - center) / tt);
     cross-entropy with log_softmax(s / ts) over all (teacher i, student j != i) pairs, averaged."""
-    targets = [F.softmax((t.float() - center) / teacher_temp, dim=1).detach() for t in teacher]
+    targets = [F.softmax((at_least_float32(t) - center) / teacher_temp, dim=1).detach()
+               for t in teacher]
     return _cross_view_ce(targets, student, student_temp)
 
 
@@ -72,7 +76,7 @@ def target_diagnostics(teacher: torch.Tensor, center: torch.Tensor, teacher_temp
     image gets the same prototype: the sharpening won); healthy is low per image, high for the
     batch. ``logit_spread``: std over images of the centred teacher logits, averaged over the K
     outputs, in units of the teacher temperature (small: every image gets the same target)."""
-    z = (teacher.float() - center) / teacher_temp
+    z = (at_least_float32(teacher) - center) / teacher_temp
     p = F.softmax(z, dim=1)
     log_k = math.log(p.shape[1])
     h_img = -(p * F.log_softmax(z, dim=1)).sum(1).mean() / log_k
@@ -86,7 +90,7 @@ def target_diagnostics(teacher: torch.Tensor, center: torch.Tensor, teacher_temp
 def dino_center(center: torch.Tensor, teacher: list[torch.Tensor],
                 momentum: float = 0.9) -> torch.Tensor:
     """The new centre: EMA of the mean teacher output over the batch (DINO Alg. 1)."""
-    batch_center = torch.cat([t.float() for t in teacher]).mean(0)
+    batch_center = torch.cat([at_least_float32(t) for t in teacher]).mean(0)
     return center * momentum + batch_center * (1 - momentum)
 
 
@@ -94,5 +98,6 @@ def selfpatch_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.T
                    student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:
     """The patch term for one view: student / teacher patch logits [B, n, K], centre [K];
     mean over images and patches of CE(softmax((t - C) / tt), log_softmax(s / ts))."""
-    target = F.softmax((teacher.float() - center) / teacher_temp, dim=-1).detach()
-    return -(target * F.log_softmax(student.float() / student_temp, dim=-1)).sum(-1).mean()
+    target = F.softmax((at_least_float32(teacher) - center) / teacher_temp, dim=-1).detach()
+    logp = F.log_softmax(at_least_float32(student) / student_temp, dim=-1)
+    return -(target * logp).sum(-1).mean()

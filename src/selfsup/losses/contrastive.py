@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._precision import at_least_float32
+
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """NT-Xent, the normalised temperature-scaled cross entropy of SimCLR (Chen et al., 2020, Eq. 1).
@@ -19,7 +21,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2], dim=0).float(), dim=1)  # [2N, D]
+    z = F.normalize(at_least_float32(torch.cat([z1, z2], dim=0)), dim=1)  # [2N, D]
     logits = z @ z.t() / temperature  # [2N, 2N]
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, float("-inf"))  # an anchor is never its own negative
@@ -32,9 +34,9 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor,
     """MoCo's InfoNCE (He et al., 2020, Eq. 1). q: [N, D] queries, k: [N, D] their positive keys,
     negatives: [K, D] (the queue). All are l2-normalised here. Logits per query: [q.k+, q.n_1..K]
     / temperature; the positive is class 0. Returns the mean over the N queries."""
-    q = F.normalize(q.float(), dim=1)
-    k = F.normalize(k.float(), dim=1)
-    negatives = F.normalize(negatives.float(), dim=1)
+    q = F.normalize(at_least_float32(q), dim=1)
+    k = F.normalize(at_least_float32(k), dim=1)
+    negatives = F.normalize(at_least_float32(negatives), dim=1)
     pos = (q * k).sum(1, keepdim=True)                       # [N, 1]
     neg = q @ negatives.t()                                  # [N, K]
     logits = torch.cat([pos, neg], dim=1) / temperature
@@ -52,7 +54,8 @@ def supcon(features: torch.Tensor, labels: torch.Tensor | None = None, temperatu
     *outside* the log, then scaled by temperature / base_temperature as in HobbitLong/SupContrast.
     """
     n, v, _ = features.shape
-    z = F.normalize(features.float(), dim=2).transpose(0, 1).reshape(n * v, -1)   # view-major
+    # view-major
+    z = F.normalize(at_least_float32(features), dim=2).transpose(0, 1).reshape(n * v, -1)
     ids = labels if labels is not None else torch.arange(n, device=features.device)
     ids = ids.to(features.device).repeat(v)                                       # [N*V]
     logits = z @ z.t() / temperature

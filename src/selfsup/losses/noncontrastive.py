@@ -5,22 +5,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._precision import at_least_float32
+
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """SimSiam's D(p, z) = -mean_i cos(p_i, z_i) (Chen & He, 2021, Eq. 1). p, z: [N, D].
     The caller decides on stop-gradient (SimSiam passes z.detach())."""
-    return -F.cosine_similarity(p.float(), z.float(), dim=1).mean()
+    return -F.cosine_similarity(at_least_float32(p), at_least_float32(z), dim=1).mean()
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """BYOL's normalised MSE (Grill et al., 2020, Eq. 2): mean_i ||p_i/|p_i| - z_i/|z_i|||^2
     = 2 - 2 cos(p_i, z_i). p: [N, D] online predictions, z: [N, D] target projections."""
-    return (2 - 2 * F.cosine_similarity(p.float(), z.float(), dim=1)).mean()
+    return (2 - 2 * F.cosine_similarity(at_least_float32(p), at_least_float32(z), dim=1)).mean()
 
 
 def _batch_standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     # BatchNorm without affine parameters: zero mean, unit (biased) variance per dimension
-    z = z.float()
+    z = at_least_float32(z)
     return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
 
 
@@ -44,7 +46,7 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0,
     The /2 on the variance term follows facebookresearch/vicreg's main_vicreg.py, which produced
     the published numbers with weights 25/25/1 (the paper's Eq. 6 writes the sum without it).
     Returns (loss, terms)."""
-    z1, z2 = z1.float(), z2.float()
+    z1, z2 = at_least_float32(z1), at_least_float32(z2)
     n, d = z1.shape
     inv = F.mse_loss(z1, z2, reduction="none").sum(1).mean() / d
 
@@ -65,6 +67,6 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0,
 def feature_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Squared distance between the L2-normalised student and teacher embeddings, averaged over
     the batch: ||s/|s| - t/|t|||^2 = 2 - 2 cos(s, t). The teacher is a fixed target (detached)."""
-    s = F.normalize(student, dim=1)
-    t = F.normalize(teacher.detach(), dim=1)
+    s = F.normalize(at_least_float32(student), dim=1)
+    t = F.normalize(at_least_float32(teacher.detach()), dim=1)
     return (s - t).pow(2).sum(1).mean()
