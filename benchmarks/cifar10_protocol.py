@@ -66,6 +66,9 @@ VARIANTS = {
     "dino_sgd": ("dino_cifar10_cpu", ["optim.name=sgd", "optim.lr=0.03", "optim.weight_decay=1e-4",
                                       "method.teacher_temp=0.04", "method.global_scale_min=0.14",
                                       "method.local_scale_max=0.14"]),
+    # issue 21: the convnet learns a frozen teacher's embeddings (--teacher RUN: e.g. a SimCLR run
+    # of 4x the steps) with SimCLR's augmentation, optimizer, batch and steps
+    "distillation": (BASE, ["method.name=distillation", "method.proj_hidden_dim=1024"]),
 }
 
 
@@ -84,6 +87,7 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=300,
                     help="mae: fine-tune its encoder (and a from-scratch ViT) on 1,000 labels per "
                     "class for this many steps (0 = skip)")
+    ap.add_argument("--teacher", default=None, help="the distillation variant's teacher run")
     ap.add_argument("--out-dir", default="runs/cifar10_protocol")
     ap.add_argument("--results", default="benchmarks/results/cifar10_protocol.jsonl")
     a = ap.parse_args()
@@ -118,6 +122,10 @@ def main() -> None:
                                        raw_pixel_features(test_ds), test_ds.labels, 10, seed=seed)
             else:
                 preset, extra = VARIANTS[name]
+                if name == "distillation":
+                    if not a.teacher:
+                        raise SystemExit("the distillation variant needs --teacher RUN")
+                    extra = extra + [f"method.teacher={a.teacher}"]
                 cfg = load_config(preset, protocol_overrides(a.data, seed, a.steps) + extra)
                 run_dir = Path(a.out_dir) / f"{name}-seed{seed}-{int(time.time())}"
                 _, summary = pretrain(cfg, run_dir)
@@ -132,7 +140,8 @@ def main() -> None:
                       "z_std_healthy": last.get("z_std_healthy"), "z_rank": last.get("z_rank"),
                       "collapsed": summary["collapsed"]}
             rows = [{"variant": name, "seed": seed, "steps": a.steps, **ev,
-                     "seconds": time.time() - t0, "date": time.strftime("%Y-%m-%d %H:%M")}]
+                     "seconds": time.time() - t0, "date": time.strftime("%Y-%m-%d %H:%M"),
+                     **({"teacher": a.teacher} if name == "distillation" else {})}]
             for stage in STAGE_PROBES.get(name, ()):  # the same run, read at an earlier stage
                 encoder, _ = load_encoder(run_dir)
                 sev = evaluate_encoder(probe_encoder(encoder, stage), probe, test_ds, seed=seed)

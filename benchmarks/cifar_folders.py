@@ -23,29 +23,33 @@ def write_folders(data: str, out: str | Path, labels_per_class: int, known=None,
     out = Path(out)
     members: dict[tuple[str, str], list] = {}
     with tarfile.open(data) as tar:
-        for m in tar.getmembers():
+        all_members = tar.getmembers()
+        for m in all_members:
             parts = m.name.split("/")
             if m.isfile() and len(parts) == 3 and parts[0] in ("train", "test"):
                 members.setdefault((parts[0], parts[1]), []).append(m)
         classes = sorted({c for _, c in members})
         known = list(known or classes)
-        counts = {"labeled": 0, "unlabeled": 0, "test": 0, "unknown": 0}
-        for (split, cls), ms in sorted(members.items()):
-            ms.sort(key=lambda m: m.name)
-            for i, m in enumerate(ms):
+        # where each member goes (by its rank among its class's sorted names) ...
+        dest: dict[str, tuple[Path, str]] = {}
+        for (split, cls), ms in members.items():
+            for i, m in enumerate(sorted(ms, key=lambda m: m.name)):
                 name = m.name.split("/")[-1]
                 if split == "train":
                     if cls in known and i < labels_per_class:
-                        dest, kind = out / "labeled" / cls / name, "labeled"
-                    elif unlabeled_known_only and cls not in known:
-                        continue
-                    else:
-                        dest, kind = out / "unlabeled" / f"{cls}_{name}", "unlabeled"
+                        dest[m.name] = (out / "labeled" / cls / name, "labeled")
+                    elif not (unlabeled_known_only and cls not in known):
+                        dest[m.name] = (out / "unlabeled" / f"{cls}_{name}", "unlabeled")
                 else:
                     kind = "test" if cls in known else "unknown"
-                    dest = out / kind / cls / name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(tar.extractfile(m).read())
+                    dest[m.name] = (out / kind / cls / name, kind)
+        # ... then one pass in archive order (a .tar.gz cannot seek backwards cheaply)
+        counts = {"labeled": 0, "unlabeled": 0, "test": 0, "unknown": 0}
+        for m in all_members:
+            if m.name in dest:
+                path, kind = dest[m.name]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(tar.extractfile(m).read())
                 counts[kind] += 1
     return counts
 
