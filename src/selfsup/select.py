@@ -257,8 +257,8 @@ def select(model: str | Path, pool: str | Path, out: str | Path, n: int = 50,
         sub = badge(probs[cand], feats_c, n, seed)
         picked = [int(cand[j]) for j in sub]
         m = margin(probs)
-        why = [f"uncertain (margin {m[i]:.2f}) and unlike the images chosen before it"
-               for i in picked]
+        why = [f"margin {m[i]:.2f}; its last-layer gradient is far from those of the images "
+               f"chosen before it" for i in picked]
         score = {i: float(m[i]) for i in picked}
     elif strategy == "margin":
         m = margin(probs)
@@ -336,7 +336,7 @@ def _write_selection(out: Path, ds, pool, picked, why, score, suggested, strateg
             f"<p>Strategy: <b>{html.escape(strategy)}</b> - {html.escape(reasons['strategy'])}. "
             f"Label them in this order: write each class in the <code>label</code> column of "
             f"<code>to_label.csv</code> (leave it empty to skip one), then run <code>selfsup fit "
-            f"LABELED --extra-labels {html.escape(str(out / 'to_label.csv'))} ...</code>.</p>"
+            f"LABELED --extra-labels {html.escape(str(out / 'to_label.csv'))} ...</code></p>"
             f"<div class='g'>{''.join(cards)}</div>")
         rundir.write_text(out / "contact_sheet.html", page)
         summary = {"strategy": strategy, "reasons": reasons, **params, "selected": len(picked),
