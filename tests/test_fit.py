@@ -86,12 +86,18 @@ def test_fit_then_predict_and_export(tmp_path, capsys):
     assert len(rows) == 100 and abs(acc - s["classifier"]["test_acc_final"]) < 0.02
     # "not a class we know": a threshold set on the 20 validation images, a score per image
     ood = json.loads((out / "classifier" / "ood.json").read_text())
-    assert ood["score"] == "knn" and ood["bank_images"] == 100 and ood["calibration_images"] == 20
-    assert set(ood["thresholds"]) == {"msp", "energy", "knn"}
+    assert ood["score"] == "knn_ssl" and ood["bank_images"] == 100
+    assert ood["calibration_images"] == 20 and ood["encoder"]["backbone"] == "convnet"
+    assert set(ood["thresholds"]) == {"msp", "energy", "knn", "knn_ssl"}
     scores = np.array([float(r["ood_score"]) for r in rows])
     flagged = np.array([r["unknown"] == "1" for r in rows])
-    assert np.array_equal(flagged, scores > ood["thresholds"]["knn"])
+    assert np.array_equal(flagged, scores > ood["thresholds"]["knn_ssl"])
     assert flagged.mean() < 0.5          # known-class images mostly pass
     assert main(["export", str(out / "classifier"), "-o", str(tmp_path / "exp"), "--check",
                  str(tst)]) == 0
     assert json.loads((tmp_path / "exp" / "export.json").read_text())["ok"]
+    # the export carries the unknown-photo check: predict from it gives the same flags
+    assert (tmp_path / "exp" / "ood_encoder.safetensors").exists()
+    assert main(["predict", str(tmp_path / "exp"), str(tst), "-o", str(tmp_path / "pe.csv")]) == 0
+    rows_e = list(csv.DictReader((tmp_path / "pe.csv").open()))
+    assert [r["unknown"] for r in rows_e] == [r["unknown"] for r in rows]

@@ -26,7 +26,7 @@ def test_knn_score_is_the_kth_nearest_normalised_distance():
         want = [sorted(np.linalg.norm(v - b) for b in nb)[k - 1] for v in nq]
         got = knn_score(torch.tensor(q), torch.tensor(bank), k).numpy()
         assert np.allclose(got, want, atol=1e-6)
-    assert knn_k(400) == 4 and knn_k(50_000) == 50 and knn_k(5) == 1
+    assert knn_k(80) == 10 and knn_k(400) == 50 and knn_k(50_000) == 50 and knn_k(5) == 1
 
 
 def test_auroc_and_false_alarms_at_95_percent_known_recall():

@@ -117,7 +117,8 @@ def _replace_folder(tmp: Path, out_dir: Path) -> None:
 
 
 EXPORT_FILES = {"model.onnx", "model.safetensors", "preprocess.json", "export.json",
-                "calibration.json", "ood.json", "ood_bank.safetensors", ".selfsup-run"}
+                "calibration.json", "ood.json", "ood_bank.safetensors",
+                "ood_encoder.safetensors", ".selfsup-run"}
 
 
 def export_model(run_dir: str | Path, out_dir: str | Path, check_images: list[str] | None = None,
@@ -173,7 +174,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, check_images: list[st
         if calib is not None and calib.exists():
             pre["uncertainty"] = rundir.read_json(calib)
             rundir.write_json(tmp / "calibration.json", pre["uncertainty"])
-        for name in ("ood.json", "ood_bank.safetensors"):   # predict's "unknown" flag
+        for name in ("ood.json", "ood_bank.safetensors", "ood_encoder.safetensors"):  # "unknown"
             if run_dir.is_dir() and (run_dir / name).is_file():
                 shutil.copyfile(run_dir / name, tmp / name)
         _add_metadata(onnx_path, {k: json.dumps(v) if not isinstance(v, str) else v

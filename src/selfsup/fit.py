@@ -372,7 +372,8 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     write_json(clf_dir / "calibration.json", calib)
     from .ood import calibrate_ood
 
-    ood = calibrate_ood(clf_dir, lab.subset(train_idx), val_ds, device)
+    ood = calibrate_ood(clf_dir, lab.subset(train_idx), val_ds, device,
+                        encoder_dir=ssl_dir if (ssl_dir / "encoder.safetensors").exists() else None)
     headline = _headline(clf_dir, test_ds, device) if test_ds is not None else None
     summary = {"labeled": len(lab), "classes": lab.classes, "validation": len(val_idx),
                "unlabeled": len(unl) if unl else 0, "test": len(test_ds) if test_ds else 0,

@@ -167,12 +167,17 @@ def predict(model_dir: str | Path, paths: list[str | Path], out: str | Path,
     size, input_size = int(meta["image_size"]), int(meta.get("input_size", meta["image_size"]))
     k = min(top_k, len(classes))
     rule, flag = _flag_rule(Path(model_dir), len(classes), low_confidence)
-    ood, bank = load_ood(model_dir)
+    ood, banks, ood_encoder = load_ood(model_dir)
     ood_name = ood["score"] if ood else None
-    if ood_name == "knn" and bank is None:
+    if ood_name == "knn_ssl" and ood_encoder is None:
+        ood_name = "knn"                 # the encoder's file is gone: the classifier's features
+    if ood_name in ("knn", "knn_ssl") and banks.get("bank" if ood_name == "knn" else
+                                                    "bank_ssl") is None:
         ood_name = None
     ood_thr = (ood or {}).get("thresholds", {}).get(ood_name) if ood_name else None
-    bank = bank.to(device) if bank is not None else None
+    banks = {n: b.to(device) for n, b in banks.items()}
+    if ood_encoder is not None:
+        ood_encoder.to(device)
     counts = {"images": 0, "unreadable": 0, "low_confidence": 0, "unknown": 0}
     t0 = time.perf_counter()
     bar = tqdm(desc="predict", unit="img", disable=not progress, file=sys.stderr)
@@ -187,7 +192,7 @@ def predict(model_dir: str | Path, paths: list[str | Path], out: str | Path,
             if len(names):
                 xb = _prepare(x, input_size, mean, std, device)
                 if ood_name and isinstance(model, Classifier):   # backbone -> fc
-                    logits, scores = all_scores(model, xb, bank, int(ood["k"]))
+                    logits, scores = all_scores(model, xb, banks, int(ood["k"]), ood_encoder)
                     oscore = scores[ood_name].tolist()
                 else:
                     logits, oscore = model(xb).float(), [None] * len(names)

@@ -416,13 +416,15 @@ def _unusual_section(clf: Path, model, meta, ds, pred, classes, where: str) -> s
     the share flagged as unknown at the calibrated threshold."""
     from ..ood import dataset_scores, load_ood
 
-    ood, bank = load_ood(clf)
+    ood, banks, encoder = load_ood(clf)
     name = (ood or {}).get("score")
     thr = (ood or {}).get("thresholds", {}).get(name)
-    if thr is None or (name == "knn" and bank is None):
+    if thr is None:
         return None
-    sc = dataset_scores(model, ds, bank, int(ood["k"]), mean=json.loads(meta["mean"]),
-                        std=json.loads(meta["std"]))[name]
+    sc = dataset_scores(model, ds, banks, int(ood["k"]), mean=json.loads(meta["mean"]),
+                        std=json.loads(meta["std"]), encoder=encoder).get(name)
+    if sc is None:
+        return None
     top = np.argsort(-sc)[:8]
     grid = _image_grid([[_thumb(ds.images[i]) for i in top]],
                        [[f"{name} {sc[i]:.2f}{' UNKNOWN' if sc[i] > thr else ''}\n(guess "
