@@ -191,7 +191,8 @@ def _confusion(y_true, y_pred, classes, where: str = "validation split") -> tupl
 
 
 def _section(title: str, body: str) -> str:
-    return f"<section><h2>{html.escape(title)}</h2>{body}</section>"
+    anchor = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")
+    return f"<section id='{anchor}'><h2>{html.escape(title)}</h2>{body}</section>"
 
 
 def _img(uri: str, alt: str) -> str:
@@ -364,7 +365,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
             else:
                 sections.append(_section("Most confident mistakes",
                                          f"<p>no mistakes on the {where}</p>"))
-            unusual = _unusual_section(clf, model, meta, judge, pred, classes, where)
+            unusual = _unusual_section(run_dir, clf, model, meta, judge, classes, where, seed)
             if unusual:
                 sections.append(unusual)
     else:
@@ -411,9 +412,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, seed: int =
     return out
 
 
-def _unusual_section(clf: Path, model, meta, ds, pred, classes, where: str) -> str | None:
-    """The images the classifier finds least like its known classes (ood.json's score), with
-    the share flagged as unknown at the calibrated threshold."""
+def _unusual_section(run_dir: Path, clf: Path, model, meta, ds, classes, where: str,
+                     seed: int = 0, max_unlabeled: int = 5000) -> str | None:
+    """The photos least like the known classes (ood.json's score): among the fit's unlabeled
+    photos when it had some (where unknown things live; up to ``max_unlabeled`` of them, drawn
+    by seed), else among ``ds``; with the share of ``ds`` (known classes) flagged as unknown."""
     from ..ood import dataset_scores, load_ood
 
     ood, banks, encoder = load_ood(clf)
@@ -421,21 +424,44 @@ def _unusual_section(clf: Path, model, meta, ds, pred, classes, where: str) -> s
     thr = (ood or {}).get("thresholds", {}).get(name)
     if thr is None:
         return None
-    sc = dataset_scores(model, ds, banks, int(ood["k"]), mean=json.loads(meta["mean"]),
-                        std=json.loads(meta["std"]), encoder=encoder).get(name)
+    norm = {"mean": json.loads(meta["mean"]), "std": json.loads(meta["std"])}
+
+    def scores(d):
+        return dataset_scores(model, d, banks, int(ood["k"]), encoder=encoder, **norm).get(name)
+
+    sc = scores(ds)
     if sc is None:
         return None
-    top = np.argsort(-sc)[:8]
-    grid = _image_grid([[_thumb(ds.images[i]) for i in top]],
-                       [[f"{name} {sc[i]:.2f}{' UNKNOWN' if sc[i] > thr else ''}\n(guess "
-                         f"{classes[pred[i]]})" for i in top]], "most unusual images")
-    return _section("Most unusual images", _img(grid, f"the {len(top)} images of the {where} "
-                                                      f"least like the known classes") +
+    pool, pool_where = ds, where
+    unl = (rundir.read_json(run_dir / "fit.json").get("unlabeled")
+           if (run_dir / "fit.json").exists() else None)
+    if unl:
+        try:
+            from ..data import load_dataset
+
+            pool = load_dataset("folder", path=unl, image_size=ds.image_size, progress=False)
+            if len(pool) > max_unlabeled:
+                pool = pool.subset(np.sort(np.random.default_rng(seed).choice(
+                    len(pool), max_unlabeled, replace=False)))
+            pool_where = f"unlabeled photos ({len(pool)} scored)"
+        except Exception:
+            pool, pool_where = ds, where
+    psc = sc if pool is ds else scores(pool)
+    with torch.no_grad():
+        pred = _features(model, pool).argmax(1)
+    top = np.argsort(-psc)[:8]
+    grid = _image_grid([[_thumb(pool.images[i]) for i in top]],
+                       [[f"{psc[i]:.2f}{' unknown' if psc[i] > thr else ''}\n"
+                         f"guess: {classes[pred[i]]}" for i in top]], "")
+    flagged = float((psc > thr).mean())
+    return _section("Most unusual images", _img(grid, f"the {len(top)} {pool_where} least like "
+                                                      f"the known classes ({name} score)") +
+                    (f"<p>{100 * flagged:.1f}% of the {pool_where} are flagged as unknown.</p>"
+                     if pool is not ds else "") +
                     f"<p>{100 * float((sc > thr).mean()):.1f}% of the {len(sc)} images of the "
-                    f"{where} are flagged as unknown by <code>predict</code> "
-                    f"({html.escape(ood.get('rule', ''))}; "
-                    f"threshold {thr:.3f}). On images of the known classes about "
-                    f"{100 * (1 - ood['known_pass_rate']):.0f}% are flagged by design.</p>")
+                    f"{where} (known classes) are flagged as unknown by <code>predict</code> "
+                    f"({html.escape(ood.get('rule', ''))}; threshold {thr:.3f}): about "
+                    f"{100 * (1 - ood['known_pass_rate']):.0f}% by design.</p>")
 
 
 def _load_full(run_dir: Path, cfg):
