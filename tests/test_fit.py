@@ -96,6 +96,12 @@ def test_fit_then_predict_and_export(tmp_path, capsys):
     assert main(["export", str(out / "classifier"), "-o", str(tmp_path / "exp"), "--check",
                  str(tst)]) == 0
     assert json.loads((tmp_path / "exp" / "export.json").read_text())["ok"]
+    # a later round of labeling: the fit's classifier picks uncertain, diverse photos (BADGE)
+    assert main(["select", str(unl), "--model", str(out), "--labeled", str(lab), "-n", "5",
+                 "--strategy", "badge", "-o", str(tmp_path / "sel")]) == 0
+    picked = list(csv.DictReader((tmp_path / "sel" / "to_label.csv").open()))
+    assert len(picked) == 5 and all(r["suggested"] in [str(i) for i in range(10)] for r in picked)
+    assert json.loads((tmp_path / "sel" / "selection.json").read_text())["strategy"] == "badge"
     # the export carries the unknown-photo check: predict from it gives the same flags
     assert (tmp_path / "exp" / "ood_encoder.safetensors").exists()
     assert main(["predict", str(tmp_path / "exp"), str(tst), "-o", str(tmp_path / "pe.csv")]) == 0
