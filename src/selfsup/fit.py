@@ -138,8 +138,9 @@ def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: f
         f"FlexMatch from the SimCLR encoder ({n_unlabeled} unlabeled images to learn from): on "
         f"the semi-supervised protocol v2 (BENCHMARKS.md section 4.1) FlexMatch and FreeMatch "
         f"beat FixMatch by 2-5 points and labels-only by 5-7 at equal steps on every seed (the "
-        f"two tie); a labels-only candidate is trained beside it and the better one on "
-        f"validation is kept" if semisup != "supervised" else
+        f"two tie at 250 labels; at 40 labels FreeMatch led FlexMatch by 4 points on the one "
+        f"seed run, and FixMatch fell below labels-only); a labels-only candidate is trained "
+        f"beside it and the better one on validation is kept" if semisup != "supervised" else
         "fine-tuning the SimCLR encoder on the labels (no unlabeled images)")
     uratio = 4.0 if semisup != "supervised" else 0.0
     c = Choices(device, size, backbone, width, "simclr", 0, ssl_batch, semisup, 0, batch, uratio,
