@@ -55,24 +55,25 @@ def typical_side(path: str | Path, n: int = 64) -> int:
     return int(np.median(sides))
 
 
+def _concat(a: ImageDataset, b: ImageDataset, b_labels: np.ndarray, prefix: str) -> ImageDataset:
+    """``a`` followed by ``b`` (with ``b_labels``; ``b``'s names under ``prefix``)."""
+    return ImageDataset(np.concatenate([np.asarray(a.images), np.asarray(b.images)]),
+                        np.concatenate([a.labels, b_labels]), a.classes,
+                        a.names + [f"{prefix}/{n}" for n in b.names], f"{a.source} + {b.source}",
+                        a.skipped + b.skipped)
+
+
 def concat_unlabeled(labeled: ImageDataset, unlabeled: ImageDataset | None) -> ImageDataset:
     """The labeled images followed by the unlabeled ones (their labels, if any, are ignored)."""
     if unlabeled is None or len(unlabeled) == 0:
         return labeled
-    return ImageDataset(np.concatenate([np.asarray(labeled.images), np.asarray(unlabeled.images)]),
-                        np.concatenate([labeled.labels, np.full(len(unlabeled), -1, np.int64)]),
-                        labeled.classes, labeled.names + [f"unlabeled/{n}" for n in unlabeled.names],
-                        f"{labeled.source} + {unlabeled.source}",
-                        labeled.skipped + unlabeled.skipped)
+    return _concat(labeled, unlabeled, np.full(len(unlabeled), -1, np.int64), "unlabeled")
 
 
 def add_labeled(lab: ImageDataset, extra: ImageDataset) -> ImageDataset:
     """``lab`` followed by the labeled rows of ``extra`` (re-indexed to ``lab``'s classes)."""
     extra = extra.subset(np.flatnonzero(extra.labels >= 0)).aligned_to(lab.classes)
-    return ImageDataset(np.concatenate([np.asarray(lab.images), np.asarray(extra.images)]),
-                        np.concatenate([lab.labels, extra.labels]), lab.classes,
-                        lab.names + [f"extra/{n}" for n in extra.names],
-                        f"{lab.source} + {extra.source}", lab.skipped + extra.skipped)
+    return _concat(lab, extra, extra.labels, "extra")
 
 
 @dataclass

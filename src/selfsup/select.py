@@ -196,13 +196,14 @@ def select(model: str | Path, pool: str | Path, out: str | Path, n: int = 50,
     if len(ds) == 0:
         raise DataError(f"{pool}: no readable images to choose from")
     keys = _pixel_keys(ds.images)
-    known, n_lab, n_classes = set(), 0, None
-    lab_ds = None
+    n_lab, n_classes = 0, None
+    lab_ds, lab_keys = None, []
     if labeled:
         lab_ds = load_dataset("folder", path=str(labeled), image_size=size, progress=progress)
-        known = set(_pixel_keys(lab_ds.images))
+        lab_keys = _pixel_keys(lab_ds.images)
         n_lab = int((lab_ds.labels >= 0).sum())
         n_classes = len(lab_ds.classes)
+    known = set(lab_keys)
     in_pool_labeled = np.array([k in known for k in keys])
     if clf is not None:
         n_classes = len(json.loads(meta["classes"]))
@@ -244,7 +245,8 @@ def select(model: str | Path, pool: str | Path, out: str | Path, n: int = 50,
         emb = extract_features(enc, ds, device=device)
         marks = in_pool_labeled.copy()
         if lab_ds is not None:   # labeled images outside the pool cover their clusters too
-            outside = [i for i, k in enumerate(_pixel_keys(lab_ds.images)) if k not in set(keys)]
+            pool_keys = set(keys)
+            outside = [i for i, k in enumerate(lab_keys) if k not in pool_keys]
             if outside:
                 emb = np.concatenate([emb, extract_features(enc, lab_ds.subset(outside),
                                                             device=device)])
@@ -252,9 +254,7 @@ def select(model: str | Path, pool: str | Path, out: str | Path, n: int = 50,
         picked, why = typiclust(emb, marks, n, seed)
         score = {i: float(s) for i, s in zip(picked, range(len(picked), 0, -1))}
     elif strategy == "badge":
-        feats_c = extract_features(clf.backbone, ds.subset(cand), device=device,
-                                   mean=json.loads(meta["mean"]), std=json.loads(meta["std"]))
-        sub = badge(probs[cand], feats_c, n, seed)
+        sub = badge(probs[cand], feats_c[cand], n, seed)
         picked = [int(cand[j]) for j in sub]
         m = margin(probs)
         why = [f"margin {m[i]:.2f}; its last-layer gradient is far from those of the images "
