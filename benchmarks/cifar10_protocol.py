@@ -33,6 +33,9 @@ BASE = "simclr_cifar10_cpu"
 # are also probed at these stages of the convnet (1-based, of 4)
 STAGE_PROBES = {"rotnet": (2, 3), "jigsaw": (3,), "relative_position": (3,),
                 "colorization": (3,), "inpainting": (3,), "denoising_ae": (3,), "vae": (3,)}
+# the ViT of the MAE / I-JEPA / DINO-on-ViT rows
+VIT = ["model.backbone=vit_tiny", "model.width=0.5", "model.patch_size=4",
+       "model.channels_last=false"]
 # name -> (preset, overrides): the seed-claim ablations of SimCLR, then one preset per method
 VARIANTS = {
     "simclr": (BASE, []),                                 # crop + colour, MLP head
@@ -66,16 +69,25 @@ VARIANTS = {
     "dino_sgd": ("dino_cifar10_cpu", ["optim.name=sgd", "optim.lr=0.03", "optim.weight_decay=1e-4",
                                       "method.teacher_temp=0.04", "method.global_scale_min=0.14",
                                       "method.local_scale_max=0.14"]),
+    # issue 22: I-JEPA beside MAE and DINO on the same ViT-Tiny/4 (width 0.5, 12 blocks) and
+    # budget; I-JEPA's ViT has no class token (its features: the mean patch token)
+    "ijepa": ("ijepa_cifar10_cpu", []),
+    # DINO on that ViT: the official ViT recipe's optimizer (AdamW, lr 5e-4 x batch/256, wd 0.04,
+    # gradient clipping 3.0, warm-up 10% of the run) with the small-scale head setting of the
+    # convnet preset (BatchNorm in the head, teacher temperature 0.04); local crops 12 px
+    "dino_vit": ("dino_cifar10_cpu", [*VIT, "optim.name=adamw", "optim.lr=5e-4",
+                                      "optim.weight_decay=0.04", "optim.grad_clip=3.0",
+                                      "optim.warmup=0.1"]),
     # issue 21: the convnet learns a frozen teacher's embeddings (--teacher RUN: e.g. a SimCLR run
     # of 4x the steps) with SimCLR's augmentation, optimizer, batch and steps
     "distillation": (BASE, ["method.name=distillation", "method.proj_hidden_dim=1024"]),
 }
 
 
-def protocol_overrides(data: str, seed: int, steps: int) -> list[str]:
+def protocol_overrides(data: str, seed: int, steps: int, extra=()) -> list[str]:
     return [f"data.path={data}", f"train.seed={seed}", f"train.steps={steps}",
             "eval.labels_per_class=1000", "eval.monitor=false", "train.progress=false",
-            f"train.checkpoint_every={steps}"]
+            f"train.checkpoint_every={steps}", *extra]
 
 
 def main() -> None:
@@ -88,6 +100,8 @@ def main() -> None:
                     help="mae: fine-tune its encoder (and a from-scratch ViT) on 1,000 labels per "
                     "class for this many steps (0 = skip)")
     ap.add_argument("--teacher", default=None, help="the distillation variant's teacher run")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides for every variant (e.g. model.depth=6 train.batch_size=128)")
     ap.add_argument("--out-dir", default="runs/cifar10_protocol")
     ap.add_argument("--results", default="benchmarks/results/cifar10_protocol.jsonl")
     a = ap.parse_args()
@@ -101,9 +115,12 @@ def main() -> None:
         probe = labeled_train_subset(train_ds, labels_per_class=1000, seed=seed)
         for name in names:
             t0 = time.time()
-            if name == "random":
+            if name in ("random", "random_vit", "random_vit_mean"):
                 torch.manual_seed(seed)
-                ev = evaluate_encoder(build_backbone(base), probe, test_ds, seed=seed)
+                vit = {"random_vit": VIT, "random_vit_mean": [*VIT, "model.pool=mean"]}
+                cfg = load_config(BASE, protocol_overrides(a.data, seed, a.steps)
+                                  + vit.get(name, []) + a.set)
+                ev = evaluate_encoder(build_backbone(cfg), probe, test_ds, seed=seed)
             elif name == "ce_labeled":  # cross-entropy on the probe's 10,000 labels, same budget
                 over = [f"data.path={a.data}", f"train.seed={seed}", f"train.steps={a.steps}",
                         "method.name=supervised", "method.uratio=0", "method.ema_decay=0",
@@ -126,7 +143,7 @@ def main() -> None:
                     if not a.teacher:
                         raise SystemExit("the distillation variant needs --teacher RUN")
                     extra = extra + [f"method.teacher={a.teacher}"]
-                cfg = load_config(preset, protocol_overrides(a.data, seed, a.steps) + extra)
+                cfg = load_config(preset, protocol_overrides(a.data, seed, a.steps) + extra + a.set)
                 run_dir = Path(a.out_dir) / f"{name}-seed{seed}-{int(time.time())}"
                 _, summary = pretrain(cfg, run_dir)
                 rows_ = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -140,6 +157,7 @@ def main() -> None:
                       "z_std_healthy": last.get("z_std_healthy"), "z_rank": last.get("z_rank"),
                       "collapsed": summary["collapsed"]}
             rows = [{"variant": name, "seed": seed, "steps": a.steps, **ev,
+                     **({"overrides": a.set} if a.set else {}),
                      "seconds": time.time() - t0, "date": time.strftime("%Y-%m-%d %H:%M"),
                      **({"teacher": a.teacher} if name == "distillation" else {})}]
             for stage in STAGE_PROBES.get(name, ()):  # the same run, read at an earlier stage

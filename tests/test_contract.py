@@ -42,11 +42,13 @@ SMALL_HEADS = {"byol": {"hidden_dim": 64, "out_dim": 32},
                "deepcluster_v2": {"hidden_dim": 32, "out_dim": 16, "n_prototypes": 4,
                                   "n_heads": 2},
                "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 4},
+               "ijepa": {"pred_dim": 16, "pred_depth": 1, "pred_heads": 2, "min_keep": 2},
                "selfpatch": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16,
                              "n_local_crops": 2, "patch_out_dim": 32},
                "jigsaw": {"n_permutations": 10, "tile_dim": 16, "hidden_dim": 16},
                "igpt": {"resolution": 8, "n_colors": 8, "dim": 16, "depth": 2, "heads": 2}}
-VIT_METHODS = {"mae", "selfpatch"}  # methods that need a ViT backbone
+VIT_METHODS = {"mae", "selfpatch", "ijepa"}  # methods that need a ViT backbone
+MEAN_POOL = {"ijepa"}  # ... built without a class token (model.pool=mean)
 TILE_METHODS = {"jigsaw", "relative_position"}
 
 
@@ -61,7 +63,8 @@ def test_method_contract(name):
     cls.Config()  # paper defaults must construct
     cfg = cls.Config(**SMALL_HEADS.get(name, {}))
     if name in VIT_METHODS:
-        backbone = backbones.create("vit_tiny", width=0.25, image_size=16, patch_size=4, depth=2)
+        backbone = backbones.create("vit_tiny", width=0.25, image_size=16, patch_size=4, depth=2,
+                                    pool="mean" if name in MEAN_POOL else "cls")
     else:
         backbone = backbones.create("convnet", width=0.25)
     method = cls(backbone, cfg, ViewConfig(size=16))

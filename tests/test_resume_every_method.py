@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from test_contract import SMALL_HEADS, TILE_METHODS, VIT_METHODS
+from test_contract import MEAN_POOL, SMALL_HEADS, TILE_METHODS, VIT_METHODS
 
 from selfsup.config import load_config
 from selfsup.data import load_dataset
@@ -31,6 +31,8 @@ def _config(name: str, run_dir):
     size = 16
     model = (["model.backbone=vit_tiny", "model.width=0.25", "model.patch_size=4", "model.depth=2"]
              if name in VIT_METHODS else ["model.backbone=convnet", "model.width=0.25"])
+    if name in MEAN_POOL:
+        model.append("model.pool=mean")
     if name in TILE_METHODS:
         size = 24
     return load_config(None, [f"method.name={name}", *[f"method.{k}={v}" for k, v in method.items()],

@@ -44,6 +44,8 @@ class ModelConfig:
     channels_last: bool = True
     patch_size: int = 4              # ViTs only: pixels per patch side (image size: augment.size)
     depth: int = 0                   # ViTs only: transformer blocks (0 = the size's 12)
+    pool: str = "cls"                # ViTs only: the pooled feature, cls (class token) or mean
+                                     # (average patch token, no class token: I-JEPA)
     init: str = ""                   # start from these weights: a safetensors/PyTorch state dict
                                      # or a selfsup run folder (backbones/external.py)
     sync_bn: str = "auto"            # torchrun on GPUs: BatchNorm statistics over the global

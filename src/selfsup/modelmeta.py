@@ -33,6 +33,8 @@ def check_model_metadata(meta: dict, path) -> None:
                 bad(k, f"is {meta[k][:20]!r}, not a number")
             if not lo <= v <= hi:
                 bad(k, f"is {meta[k][:20]}, outside [{lo:g}, {hi:g}]")
+    if meta.get("pool", "cls") not in ("cls", "mean"):
+        bad("pool", f"is {meta['pool'][:20]!r}, not cls or mean")
     try:
         classes = json.loads(meta["classes"])
         mean, std = json.loads(meta["mean"]), json.loads(meta["std"])

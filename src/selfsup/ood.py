@@ -102,7 +102,8 @@ def bank_features(net, ds, device="cpu", mean=None, std=None) -> torch.Tensor:
 def _encoder_record(cfg) -> dict:
     m = cfg.model
     return {"backbone": m.backbone, "width": m.width, "cifar_stem": m.cifar_stem,
-            "image_size": cfg.augment.size, "patch_size": m.patch_size, "depth": m.depth}
+            "image_size": cfg.augment.size, "patch_size": m.patch_size, "depth": m.depth,
+            "pool": m.pool}
 
 
 def calibrate_ood(clf_dir: str | Path, train_ds, val_ds, device: str = "cpu",
@@ -181,7 +182,8 @@ def load_ood(model_dir: str | Path):
     if e and (folder / "ood_encoder.safetensors").exists():
         try:
             encoder = backbones.build(e["backbone"], float(e["width"]), bool(e["cifar_stem"]),
-                                      int(e["image_size"]), int(e["patch_size"]), int(e["depth"]))
+                                      int(e["image_size"]), int(e["patch_size"]), int(e["depth"]),
+                                      e.get("pool", "cls"))
             encoder.load_state_dict(load_file(str(folder / "ood_encoder.safetensors")))
             encoder.eval()
         except Exception:

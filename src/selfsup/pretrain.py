@@ -37,8 +37,11 @@ class RunDirError(RuntimeError):
 def build_backbone(cfg: RunConfig, init: bool = True) -> torch.nn.Module:
     """The run's backbone; with ``model.init`` (and ``init``) starting from those weights."""
     m = cfg.model
-    net = backbones.build(m.backbone, m.width, m.cifar_stem, cfg.augment.size, m.patch_size,
-                          m.depth)
+    try:
+        net = backbones.build(m.backbone, m.width, m.cifar_stem, cfg.augment.size, m.patch_size,
+                              m.depth, m.pool)
+    except ValueError as e:   # a setting the architecture refuses (model.pool=max, ...)
+        raise ConfigError(str(e)) from None
     if init and m.init:
         from .backbones.external import load_init
 
@@ -48,7 +51,13 @@ def build_backbone(cfg: RunConfig, init: bool = True) -> torch.nn.Module:
 
 def build_method(cfg: RunConfig) -> torch.nn.Module:
     cls = METHODS.get(cfg.method.get("name", "simclr"))
-    method = cls(build_backbone(cfg), cfg.method_config(), cfg.augment)
+    backbone, method_cfg = build_backbone(cfg), cfg.method_config()
+    try:
+        method = cls(backbone, method_cfg, cfg.augment)
+    except ConfigError:
+        raise
+    except ValueError as e:   # a method that refuses this backbone (MAE on a convnet, ...)
+        raise ConfigError(str(e)) from None
     aug_cfg = cfg.augself_config()
     if aug_cfg is not None:   # AugSelf composes with the method instead of copying it
         from .methods.augself import AugSelf
@@ -282,7 +291,7 @@ def model_metadata(cfg: RunConfig) -> dict[str, str]:
     return {"backbone": cfg.model.backbone, "width": str(cfg.model.width),
             "cifar_stem": str(cfg.model.cifar_stem), "image_size": str(cfg.data.image_size),
             "input_size": str(cfg.augment.size), "patch_size": str(cfg.model.patch_size),
-            "depth": str(cfg.model.depth),
+            "depth": str(cfg.model.depth), "pool": cfg.model.pool,
             "mean": json.dumps(IMAGENET_MEAN), "std": json.dumps(IMAGENET_STD),
             "method": cfg.method.get("name", ""), "selfsup_version": __version__}
 

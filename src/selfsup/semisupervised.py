@@ -107,7 +107,8 @@ def load_classifier(run_dir: str | Path) -> tuple[Classifier, dict]:
 
     backbone = backbones.build(meta["backbone"], float(meta["width"]), meta["cifar_stem"] == "True",
                                int(meta.get("input_size", meta["image_size"])),
-                               int(meta.get("patch_size", 4)), int(meta.get("depth", 0)))
+                               int(meta.get("patch_size", 4)), int(meta.get("depth", 0)),
+                               meta.get("pool", "cls"))
     n = len(json.loads(meta["classes"]))
     if "sla_mode" in meta:   # SLA keeps its joint head and inference (semisup/sla.py)
         from .semisup.sla import SLAClassifier

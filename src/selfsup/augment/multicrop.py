@@ -28,6 +28,8 @@ class MultiCrop(nn.Module):
         return views
 
 
-def local_size_for(global_size: int) -> int:
-    """96/224 of the global side (SwAV/DINO ImageNet ratio), at least 8 px, even."""
-    return max(8, int(round(global_size * 96 / 224 / 2)) * 2)
+def local_size_for(global_size: int, multiple: int = 2) -> int:
+    """96/224 of the global side (SwAV/DINO ImageNet ratio), at least 8 px, a multiple of
+    ``multiple`` (2: even; a ViT's patch size, so that local crops tile into whole patches)."""
+    m = max(2, multiple)
+    return max(8 if m <= 8 else m, int(round(global_size * 96 / 224 / m)) * m)

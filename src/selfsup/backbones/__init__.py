@@ -17,17 +17,18 @@ def create(name: str, **kwargs) -> nn.Module:
 
 
 def build(name: str, width: float = 1.0, cifar_stem: bool = True, image_size: int = 32,
-          patch_size: int = 4, depth: int = 0) -> nn.Module:
+          patch_size: int = 4, depth: int = 0, pool: str = "cls") -> nn.Module:
     """Build from the run's settings: ViTs also take the image and patch sizes (their token grid
     and position embeddings depend on them); convnets ignore those. ``timm:NAME`` and
-    ``torchvision:NAME`` build those libraries' architectures when they are installed."""
+    ``torchvision:NAME`` build those libraries' architectures when they are installed. ``pool``
+    (ViTs): the class token or the mean patch token."""
     if ":" in name:
         from .external import external_backbone
 
         return external_backbone(name, image_size)
     if name.startswith("vit"):
         return create(name, width=width, cifar_stem=cifar_stem, image_size=image_size,
-                      patch_size=patch_size, **({"depth": depth} if depth else {}))
+                      patch_size=patch_size, pool=pool, **({"depth": depth} if depth else {}))
     return create(name, width=width, cifar_stem=cifar_stem)
 
 

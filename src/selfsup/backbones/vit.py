@@ -3,6 +3,9 @@
 ``forward(x) -> [B, D]`` (the class token after the final norm, the backbone contract);
 ``forward_tokens(x, keep=None) -> [B, 1 + n, D]``: the class token and the patch tokens, where
 ``keep`` [B, n_keep] lists the patch indices each image keeps (MAE's encoder sees only those).
+``pool`` chooses the pooled feature: ``cls`` (the class token, as MAE and DINO) or ``mean`` (the
+average of the final patch tokens; the ViT then has no class token at all, as I-JEPA's, and
+``forward_tokens`` returns the patch tokens alone, [B, n, D]).
 Fixed 2-D sin-cos position embeddings (as MAE), pre-norm blocks, patch size configurable (4 px
 suits 32 px images: 64 tokens). Sizes: ``vit_tiny`` (192-d, 12 blocks, 3 heads) and ``vit_small``
 (384-d, 12 blocks, 6 heads); ``width`` scales the embedding dimension, ``depth`` the blocks.
@@ -49,21 +52,26 @@ class Block(nn.Module):
 
 class ViT(nn.Module):
     def __init__(self, image_size: int = 32, patch_size: int = 4, dim: int = 192, depth: int = 12,
-                 heads: int = 3, in_channels: int = 3):
+                 heads: int = 3, in_channels: int = 3, pool: str = "cls"):
         super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"model.pool is {pool!r}: choose cls (the class token) or mean "
+                             f"(the average patch token)")
+        self.pool = pool
         if image_size % patch_size:
             raise ValueError(f"image size {image_size} is not a multiple of the patch size "
                              f"{patch_size}")
         self.patch_size, self.grid = patch_size, image_size // patch_size
         self.num_patches = self.grid ** 2
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         self.register_buffer("pos_embed", sincos_2d(dim, self.grid)[None], persistent=False)
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.embed_dim = dim
         self.map_stride = patch_size
-        nn.init.normal_(self.cls_token, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
         w = self.patch_embed.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         for m in self.modules():
@@ -91,32 +99,41 @@ class ViT(nn.Module):
         t = self.patchify_embed(x)                                   # [B, n, D]
         if keep is not None:                                         # only the visible patches
             t = torch.gather(t, 1, keep[..., None].expand(-1, -1, t.shape[-1]))
-        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
+        if self.cls_token is not None:
+            t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
         for blk in self.blocks:
             t = blk(t)
         return self.norm(t)
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         """The patch tokens as a feature map [B, D, H/p, W/p]."""
-        t = self.forward_tokens(x)[:, 1:]
+        t = self.patch_tokens(x)
         return t.transpose(1, 2).reshape(t.shape[0], -1, self.grid, self.grid)
 
+    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The final patch tokens [B, n, D]."""
+        t = self.forward_tokens(x)
+        return t if self.cls_token is None else t[:, 1:]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_tokens(x)[:, 0]
+        t = self.forward_tokens(x)
+        return t.mean(1) if self.cls_token is None else t[:, 0]
 
 
-def _vit(dim, depth, heads, width, image_size, patch_size, in_channels):
+def _vit(dim, depth, heads, width, image_size, patch_size, in_channels, pool):
     d = int(round(dim * width / (4 * heads))) * 4 * heads  # divisible by heads and by 4
-    return ViT(image_size, patch_size, d, depth, heads, in_channels)
+    return ViT(image_size, patch_size, d, depth, heads, in_channels, pool)
 
 
 @BACKBONES.register("vit_tiny")
 def vit_tiny(width: float = 1.0, cifar_stem: bool = True, in_channels: int = 3,
-             image_size: int = 32, patch_size: int = 4, depth: int = 12) -> ViT:
-    return _vit(192, depth, 3, width, image_size, patch_size, in_channels)
+             image_size: int = 32, patch_size: int = 4, depth: int = 12,
+             pool: str = "cls") -> ViT:
+    return _vit(192, depth, 3, width, image_size, patch_size, in_channels, pool)
 
 
 @BACKBONES.register("vit_small")
 def vit_small(width: float = 1.0, cifar_stem: bool = True, in_channels: int = 3,
-              image_size: int = 32, patch_size: int = 4, depth: int = 12) -> ViT:
-    return _vit(384, depth, 6, width, image_size, patch_size, in_channels)
+              image_size: int = 32, patch_size: int = 4, depth: int = 12,
+             pool: str = "cls") -> ViT:
+    return _vit(384, depth, 6, width, image_size, patch_size, in_channels, pool)

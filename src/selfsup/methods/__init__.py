@@ -5,7 +5,7 @@ from ..registry import Registry
 METHODS: Registry = Registry("method")
 
 from . import (barlow_twins, byol, deepcluster, denoising_ae, dino, distillation,  # noqa: E402,F401
-               mae, mocov2,
+               ijepa, mae, mocov2,
                colorization, igpt, inpainting, jigsaw, relative_position, rotnet, simclr,
                selfpatch, simsiam,
                supcon, swav, vae,

@@ -43,7 +43,7 @@ class DINOConfig:
     base_momentum: float = 0.996
     freeze_last_layer: float = 0.01             # fraction of training (first epoch of 100)
     n_local_crops: int = 8
-    local_size: int = 0                         # 0 = 96/224 of the global size
+    local_size: int = 0                         # 0 = 96/224 of the global size (ViT: whole patches)
     global_scale_min: float = 0.4
     local_scale_min: float = 0.05
     local_scale_max: float = 0.4
@@ -93,8 +93,9 @@ class DINO(Method):
                              cfg.head_bn)
         self.teacher_backbone, self.teacher_head = frozen_copy(backbone), frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(cfg.out_dim))
-        self.crops = MultiCrop(view_cfg, cfg.n_local_crops, cfg.local_size or
-                               local_size_for(view_cfg.size), (cfg.global_scale_min, 1.0),
+        # a ViT's local crops tile into whole patches (12 px at 32 px with 4 px patches)
+        local = cfg.local_size or local_size_for(view_cfg.size, getattr(backbone, "patch_size", 2))
+        self.crops = MultiCrop(view_cfg, cfg.n_local_crops, local, (cfg.global_scale_min, 1.0),
                                (cfg.local_scale_min, cfg.local_scale_max))
         self._teacher_out: list[torch.Tensor] | None = None
 

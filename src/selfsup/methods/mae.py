@@ -46,6 +46,8 @@ class MAE(Method):
         super().__init__()
         if not isinstance(backbone, ViT):
             raise ValueError("mae needs a ViT backbone: set model.backbone=vit_tiny (or vit_small)")
+        if backbone.pool != "cls":
+            raise ValueError("mae's encoder and decoder carry the class token: set model.pool=cls")
         self.cfg = cfg = cfg or MAEConfig()
         self.backbone = backbone
         p, n = backbone.patch_size, backbone.num_patches

@@ -128,7 +128,7 @@ class SelfPatchEncoder(nn.Module):
         self.embed_dim, self.map_stride = vit.embed_dim, vit.map_stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ca.image_token(self.vit.forward_tokens(x)[:, 1:])
+        return self.ca.image_token(self.vit.patch_tokens(x))
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit.forward_map(x)
@@ -170,7 +170,7 @@ class SelfPatch(Method):
     def __init__(self, backbone: nn.Module, cfg: SelfPatchConfig | None = None,
                  view_cfg: ViewConfig | None = None):
         super().__init__()
-        if not hasattr(backbone, "forward_tokens"):
+        if not hasattr(backbone, "patch_tokens"):
             raise ValueError("SelfPatch needs a ViT backbone (model.backbone=vit_tiny or "
                              "vit_small)")
         self.cfg = cfg = cfg or SelfPatchConfig()
@@ -214,13 +214,13 @@ class SelfPatch(Method):
         freeze = progress < cfg.freeze_last_layer
         s_cls, s_patch, t_cls, t_patch = [], [], [], []
         for g in self._groups(views):
-            cls, pt = self.ca(self.backbone.forward_tokens(g)[:, 1:])
+            cls, pt = self.ca(self.backbone.patch_tokens(g))
             if not s_cls:
                 first_cls = cls.detach()
             s_cls += list(self.head(cls, freeze).split(n))
             s_patch += list(self.patch_head(pt, freeze).split(n))
             with torch.no_grad():
-                tc, tp = self.teacher_ca(self.teacher_backbone.forward_tokens(g)[:, 1:],
+                tc, tp = self.teacher_ca(self.teacher_backbone.patch_tokens(g),
                                          aggregate=True)
                 t_patch += list(self.teacher_patch_head(tp).split(n))
                 if not t_cls:   # image targets from the 2 global crops only
