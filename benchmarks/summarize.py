@@ -275,7 +275,9 @@ def issue6_tables() -> None:
                       f"{f'{np.mean(ips):.0f}' if ips else '–'} |")
 
 
-CHEM_METHODS = {"gegl": "GEGL (apprentice + GA expert)", "ga": "graph GA alone",
+CHEM_METHODS = {"gegl": "GEGL (apprentice + GA expert)",
+                "gbga": "standard graph GA (GB-GA, PMO settings)",
+                "ga": "graph GA alone (this project's first settings)",
                 "apprentice": "apprentice hill-climbing alone", "random": "apprentice sampling, no training"}
 
 

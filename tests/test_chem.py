@@ -220,8 +220,8 @@ def test_cli_pretrain_apprentice_resumes_and_design_writes_its_outputs(tmp_path,
 
 
 # --- retrosynthesis -----------------------------------------------------------------------------
-from selfsup.chem.planning import (Route, building_blocks_from, plan,  # noqa: E402
-                                   route_examples)
+from selfsup.chem.planning import (Route, building_blocks_from, confident_examples,  # noqa: E402
+                                   plan, route_examples)
 from selfsup.chem.retro import (SingleStep, TemplateLibrary, apply_template,  # noqa: E402
                                 extract_template, read_reactions, single_step_accuracy)
 
@@ -307,6 +307,22 @@ def test_single_step_model_learns_templates_and_self_improvement_data(val_reacti
     assert len(products) == len(tpl_idx) >= len(solved)
     assert all(lib.templates[i] for i in tpl_idx)
     assert isinstance(solved[0], Route) and solved[0].to_dict()["target"] == solved[0].target
+    # Retro*'s scores over the top-5 templates: a distribution over the reactant sets proposed
+    scores = model.topk_scores(train[0].product, topk=5)
+    assert scores and sum(v for v, _ in scores.values()) == pytest.approx(1.0)
+    assert all(t in lib.index for _, ts in scores.values() for t in ts)
+    # Kim et al.'s filter keeps a route reaction only when the reference model backs it (its
+    # template among the top 5, score >= threshold): threshold 0 keeps every top-5 reaction,
+    # an impossible threshold keeps none, a template the reference never ranks is cut
+    kept_p, kept_l, counts = confident_examples(routes, model, threshold=0.0)
+    steps = sum(len(r.steps) for r in solved)
+    assert counts["kept"] + counts["cut"] == steps and counts["kept"] > 0
+    assert set(kept_l) <= set(tpl_idx)
+    _, none_l, none_counts = confident_examples(routes, model, threshold=1.01)
+    assert none_l == [] and none_counts["cut"] == steps
+    r0 = next(r for r in solved if r.steps)
+    fake = Route(r0.target, [(p, rs, pr, "not-a-template") for p, rs, pr, _ in r0.steps])
+    assert confident_examples([fake], model, threshold=0.0)[2]["kept"] == 0
 
 
 @needs_chem_data

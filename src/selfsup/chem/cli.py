@@ -29,9 +29,13 @@ def add_parsers(sub) -> None:
                         "OUT/best.png (a picture grid).")
     d.add_argument("--objective", default="qed", choices=sorted(OBJECTIVES))
     d.add_argument("--budget", type=int, default=1000, help="oracle calls (distinct molecules)")
-    d.add_argument("--method", default="gegl", choices=["gegl", "ga", "apprentice", "random"],
-                   help="gegl = apprentice + genetic expert; ga = graph GA alone; apprentice = "
-                   "hill climbing without the expert; random = samples of the apprentice")
+    d.add_argument("--method", default="gegl",
+                   choices=["gegl", "gbga", "ga", "apprentice", "random"],
+                   help="gegl = apprentice + genetic expert; gbga = the standard graph GA "
+                   "(GB-GA with PMO's settings: 120 random start molecules from --start, "
+                   "population 120, offspring 70, mutation 0.067); ga = this project's first "
+                   "graph GA (--start-size, --queue, --offspring); apprentice = hill climbing "
+                   "without the expert; random = samples of the apprentice")
     d.add_argument("--apprentice", default=None,
                    help="a pretrained apprentice (.pt from `selfsup chem pretrain-apprentice`); "
                    "needed by gegl, apprentice and random")
@@ -73,9 +77,13 @@ def add_parsers(sub) -> None:
                          "train the fingerprint-MLP single-step model, write OUT/templates.json, "
                          "OUT/single_step.safetensors and OUT/building_blocks.txt (the reactant "
                          "side of --reactions and --extra-reactions, minus every target). With "
-                         "--rounds R and --targets, run R rounds of self-improvement (search the "
-                         "targets, add the successful routes' reactions, retrain), measuring the "
-                         "success rate on --eval-targets; OUT/history.json has one row per round.")
+                         "--rounds R and --targets, run R rounds of self-improvement (Kim et al.: "
+                         "search the targets, keep the route reactions the first model backs "
+                         "with top-5 and score >= 0.8, fine-tune the first model on them), "
+                         "measuring the success rate on --eval-targets; OUT/history.json has one "
+                         "row per round. Evaluate on targets whose own recorded reactions are not "
+                         "in --extra-reactions, or their reactants are building blocks and "
+                         "planning is a lookup.")
     rt.add_argument("--reactions", required=True, help="USPTO-style CSV: id,class,"
                     "reactants>reagents>production (atom-mapped); the training reactions")
     rt.add_argument("--extra-reactions", default=None, help="more reactions whose reactants "
@@ -86,7 +94,13 @@ def add_parsers(sub) -> None:
     rt.add_argument("--rounds", type=int, default=0)
     rt.add_argument("--expansions", type=int, default=50, help="search budget per target")
     rt.add_argument("--epochs", type=int, default=30)
-    rt.add_argument("--round-epochs", type=int, default=10, help="fine-tuning epochs per round")
+    rt.add_argument("--round-epochs", type=int, default=20, help="fine-tuning epochs per round "
+                    "(Kim et al.: 20)")
+    rt.add_argument("--round-lr", type=float, default=1e-4, help="fine-tuning learning rate per "
+                    "round (kim recipe; Kim et al.: 1e-4)")
+    rt.add_argument("--recipe", choices=["kim", "union"], default="kim",
+                    help="kim: confident route reactions, fine-tune the first model on them; "
+                    "union: every route reaction added to the data, keep training")
     rt.add_argument("--seed", type=int, default=0)
     rt.add_argument("--out", "-o", required=True)
     rt.add_argument("--overwrite", action="store_true")
@@ -151,19 +165,21 @@ def cmd_design(args) -> int:
     from .ga import graph_ga
     from .gegl import GEGLConfig, gegl
     from .molecules import read_smiles
-    from .objectives import AlertFilter, get_objective
+    from .objectives import SMILES_LENGTH_CAP, AlertFilter, get_objective
     from .oracle import Oracle
 
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
-        if args.method == "ga" and not args.start:
-            raise ChemError("--method ga needs --start SMILES_FILE (the initial population)")
-        if args.method != "ga" and not args.apprentice:
+        if args.method in ("ga", "gbga") and not args.start:
+            raise ChemError(f"--method {args.method} needs --start SMILES_FILE (the library its "
+                            f"first population is drawn from)")
+        if args.method not in ("ga", "gbga") and not args.apprentice:
             raise ChemError(f"--method {args.method} needs --apprentice FILE.pt (train one with "
                             f"`selfsup chem pretrain-apprentice --corpus ZINC -o FILE.pt`)")
         alerts = AlertFilter(args.alerts) if args.alerts else None
-        oracle = Oracle(get_objective(args.objective), args.budget, alerts)
+        oracle = Oracle(get_objective(args.objective), args.budget, alerts,
+                        max_smiles_length=SMILES_LENGTH_CAP.get(args.objective))
         out = _out_dir(args.out, args.overwrite)
         bar = tqdm(total=args.budget, desc=f"{args.method} {args.objective}", unit="call",
                    file=sys.stderr)
@@ -174,7 +190,11 @@ def cmd_design(args) -> int:
 
         t0 = time.time()
         extra = {}
-        if args.method == "ga":
+        if args.method == "gbga":
+            from .gbga import gb_ga
+
+            gb_ga(oracle, read_smiles(args.start), seed=args.seed, on_generation=tick)
+        elif args.method == "ga":
             start = read_smiles(args.start, limit=args.start_size)
             graph_ga(oracle, start, population_size=args.queue, offspring=args.offspring,
                      seed=args.seed, on_generation=tick)
@@ -325,7 +345,7 @@ def cmd_retro_train(args) -> int:
         history = self_improve(model, products, labels, targets, eval_targets, bbs, args.rounds,
                                args.expansions, args.round_epochs, args.seed,
                                on_round=lambda row: print(json.dumps(row), file=sys.stderr),
-                               save_dir=out)
+                               save_dir=out, recipe=args.recipe, lr=args.round_lr)
         rundir.write_json(out / "history.json", history)
         info["history"] = history
     rundir.write_json(out / "summary.json", info)

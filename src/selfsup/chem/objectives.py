@@ -4,9 +4,14 @@ float (higher is better); ``OBJECTIVES`` holds the names users type.
 
 - QED: Bickerton et al. (2012), RDKit's implementation.
 - SA score: Ertl & Schuffenhauer (2009), the scorer RDKit ships in Contrib/SA_Score.
-- penalized logP (JT-VAE / GEGL): logP - SA - max(0, largest ring size - 6), unnormalised as in
-  GEGL's tables; ``penalized_logp_normalized`` standardises each term by its ZINC-250k mean and
-  std (the JT-VAE variant).
+- penalized logP: logP - SA - max(0, largest ring size - 6). ``penalized_logp`` is the plain
+  sum; ``penalized_logp_normalized`` standardises each term by its ZINC-250k mean and std
+  (JT-VAE's statistics, rings from RDKit's ring perception); ``penalized_logp_gegl`` is GEGL's
+  Table 1(a) objective (sungsoo-ahn/genetic-expert-guided-learning,
+  ``util/chemistry/benchmarks.py``, ``_penalized_logp_cyclebasis``): terms z-scored with GEGL's
+  ZINC statistics, the ring term from networkx's cycle basis of the atom graph (a fused system
+  can count as one large cycle), scored only for SMILES of at most 81 characters (GEGL's ZINC
+  setting, ``--max_smiles_length 81``: longer ones are never scored, ``SMILES_LENGTH_CAP``).
 - GuacaMol style (Brown et al., 2019): Tanimoto similarity of Morgan fingerprints to a target,
   score modifiers (clipped, min/max Gaussian) and a geometric mean of several scores.
 """
@@ -72,6 +77,31 @@ _NORM = {"logp": (2.4570953396190123, 1.434324401111988),
 def penalized_logp_normalized(mol) -> float:
     terms = {"logp": logp(mol), "sa": -sa_score(mol), "cycle": -max(0, largest_ring(mol) - 6)}
     return sum((v - _NORM[k][0]) / _NORM[k][1] for k, v in terms.items())
+
+
+# GEGL's ZINC statistics for Table 1(a) (util/chemistry/benchmarks.py)
+_GEGL = {"logp": (2.4570965532649507, 1.4339810636722639),
+         "sa": (3.0508333383104556, 0.8327034846660627),
+         "cycle": (0.048152237188108474, 0.2860582871837183)}
+
+
+def cycle_basis_largest(mol) -> int:
+    """Length of the longest cycle in networkx's cycle basis of the heavy-atom graph (0 when
+    acyclic): GEGL's ring measure, which differs from RDKit's smallest rings on fused systems."""
+    import networkx as nx
+
+    g = nx.Graph()
+    g.add_nodes_from(range(mol.GetNumAtoms()))
+    g.add_edges_from((b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds())
+    return max((len(c) for c in nx.cycle_basis(g)), default=0)
+
+
+def penalized_logp_gegl(mol) -> float:
+    """GEGL's penalized logP: z(logP) - z(SA) - z(max(0, cycle-basis ring - 6))."""
+    z = {k: (v - _GEGL[k][0]) / _GEGL[k][1] for k, v in (
+        ("logp", logp(mol)), ("sa", sa_score(mol)),
+        ("cycle", max(0, cycle_basis_largest(mol) - 6)))}
+    return z["logp"] - z["sa"] - z["cycle"]
 
 
 def fingerprint(mol, kind: str = "ECFP4"):
@@ -147,9 +177,15 @@ OBJECTIVES: dict[str, Callable] = {
     "qed": qed,
     "penalized_logp": penalized_logp,
     "penalized_logp_normalized": penalized_logp_normalized,
+    "penalized_logp_gegl": penalized_logp_gegl,
     "osimertinib_mpo": osimertinib_mpo,
     "celecoxib_similarity": celecoxib_similarity,
 }
+
+
+# objectives scored only for SMILES up to this many characters (the oracle refuses longer ones
+# without counting a call): GEGL's ZINC experiments cap SMILES at 81 characters
+SMILES_LENGTH_CAP: dict[str, int] = {"penalized_logp_gegl": 81}
 
 
 def get_objective(name: str) -> Callable:

@@ -2,8 +2,8 @@
 
 Molecule-design methods are compared at equal numbers of *oracle calls* (the expensive part in
 practice: a docking run, an assay). ``Oracle(objective, budget)`` canonicalises each SMILES, answers
-repeats from its cache without counting them, scores invalid molecules ``None`` without counting
-them, and refuses new molecules once ``budget`` distinct ones have been scored (``BudgetExhausted``).
+repeats from its cache without counting them, scores invalid molecules (and, with
+``max_smiles_length``, molecules whose canonical SMILES is longer) ``None`` without counting them, and refuses new molecules once ``budget`` distinct ones have been scored (``BudgetExhausted``).
 It keeps the order of first scoring, from which the PMO-style metrics are computed: top-1, top-10
 mean and the area under the top-10-mean-vs-calls curve (normalised by the budget).
 """
@@ -22,10 +22,12 @@ class BudgetExhausted(RuntimeError):
 
 
 class Oracle:
-    def __init__(self, objective: Callable, budget: int, alert_filter=None):
+    def __init__(self, objective: Callable, budget: int, alert_filter=None,
+                 max_smiles_length: int | None = None):
         if budget <= 0:
             raise ValueError(f"the oracle budget must be positive, got {budget}")
         self.objective, self.budget, self.alert_filter = objective, int(budget), alert_filter
+        self.max_smiles_length = max_smiles_length   # longer canonical SMILES: not scored
         self.cache: dict[str, float] = {}
         self.history: list[tuple[str, float]] = []   # (canonical SMILES, score), first scoring
 
@@ -48,7 +50,7 @@ class Oracle:
         if mol is None:
             return None
         key = mol_to_smiles(mol)
-        if key is None:
+        if key is None or (self.max_smiles_length and len(key) > self.max_smiles_length):
             return None
         if key in self.cache:
             return self.cache[key]

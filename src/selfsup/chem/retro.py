@@ -193,6 +193,24 @@ class SingleStep(nn.Module):
                 break
         return out[:k]
 
+    @torch.no_grad()
+    def topk_scores(self, product: str, topk: int = 5) -> dict[str, tuple[float, set[str]]]:
+        """Retro*'s scoring of one product (``MLPModel.run``): the ``topk`` most probable
+        templates are applied; each template's probability is split evenly over the reactant
+        sets it makes, sets made by several templates add up, and the scores are renormalised
+        over everything proposed. Returns {reactant key: (score, templates that made it)}."""
+        self.eval()
+        p = F.softmax(self(torch.from_numpy(fingerprints([product], self.bits))), 1)[0]
+        out: dict[str, list] = {}
+        for t in torch.argsort(p, descending=True)[:topk].tolist():
+            keys = apply_template(self.library.templates[t], product)
+            for key in keys:
+                entry = out.setdefault(key, [0.0, set()])
+                entry[0] += float(p[t]) / len(keys)
+                entry[1].add(self.library.templates[t])
+        total = sum(v[0] for v in out.values())
+        return {k: (v[0] / total, v[1]) for k, v in out.items()} if total > 0 else {}
+
     def save(self, folder: str | Path) -> None:
         from safetensors.torch import save_file
 
