@@ -24,7 +24,7 @@ def test_choose_uses_the_budget_and_the_data():
     assert isinstance(c, Choices) and c.image_size == 32 and c.backbone == "convnet"
     # 500 s left after measuring: 45% to SimCLR; FixMatch and the labels-only candidate (same
     # steps, a step costing 1 / (1 + 2 x uratio 4) of FixMatch's) share the rest
-    assert c.semisup_method == "flexmatch" and c.ssl_steps == int(0.45 * 500 / 0.5)
+    assert c.semisup_method == "freematch" and c.ssl_steps == int(0.45 * 500 / 0.5)
     assert c.steps == int(0.55 * 500 / (0.25 * (1 + 1 / 9))) and "measuring" in c.reasons["steps"]
     c = choose(500, 0, 400, "cuda", None)
     assert (c.image_size, c.backbone, c.semisup_method) == (96, "resnet18", "supervised")
@@ -54,7 +54,7 @@ def test_fit_then_predict_and_export(tmp_path, capsys):
                "--ssl-steps", "30", "--steps", "30", "train.progress=false", "augment.flip_p=0"])
     assert rc == 0
     err = capsys.readouterr().err
-    assert "image_size = 32" in err and "semisup_method = flexmatch" in err
+    assert "image_size = 32" in err and "semisup_method = freematch" in err
     choices = json.loads((out / "choices.json").read_text())
     assert choices["ssl_steps"] == 30 and "set on the command line" in choices["reasons"]["steps"]
     s = json.loads((out / "summary.json").read_text())

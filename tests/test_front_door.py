@@ -95,8 +95,8 @@ def test_fit_export_predict_agree_with_an_independent_preprocessing(tmp_path):
     assert main(["fit", str(tmp_path / "lab"), "--unlabeled", str(tmp_path / "unl"),
                  "-o", str(out), *FAST]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["comparison"]["kept"] in ("flexmatch", "labels_only")
-    assert set(s["comparison"]["val_acc"]) == {"flexmatch", "labels_only"}
+    assert s["comparison"]["kept"] in ("freematch", "labels_only")
+    assert set(s["comparison"]["val_acc"]) == {"freematch", "labels_only"}
     exp = out / "export"
     assert main(["export", str(out / "classifier"), "-o", str(exp)]) == 0     # no --check
     assert json.loads((exp / "export.json").read_text())["ok"]

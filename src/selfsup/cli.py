@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("fit", help="labeled (+ unlabeled) photos -> a classifier, in one command",
                         description="Look at the data, choose a recipe (input size, backbone, "
                         "steps; printed and saved in OUT/choices.json), pretrain SimCLR on every "
-                        "image, train FlexMatch from it on the labels (labels-only fine-tuning if "
+                        "image, train FreeMatch from it on the labels (labels-only fine-tuning if "
                         "there are no unlabeled images) and labels-only fine-tuning beside it, keep "
                         "whichever is more accurate on a validation split held out per class "
                         "(20 percent; none when a class has fewer than 5 labels), evaluate on "
