@@ -26,6 +26,7 @@ import random
 from functools import lru_cache
 
 from .molecules import mol_to_smiles, rdkit, to_mol
+from .ga import oracle_key
 from .oracle import BudgetExhausted, Oracle
 
 AVERAGE_SIZE, SIZE_STDEV = 39.15, 3.50   # heavy atoms of ZINC molecules (Jensen's GB-GA)
@@ -254,7 +255,7 @@ def gb_ga(oracle: Oracle, library: list[str], population_size: int = 120, offspr
         for s in rng.choices(library, k=population_size):
             v = oracle.score(s)
             if v is not None:
-                pop[mol_to_smiles(to_mol(s))] = v
+                pop[oracle_key(s)] = v
     except BudgetExhausted:
         pass
     stale = 0
