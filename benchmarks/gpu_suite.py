@@ -111,7 +111,8 @@ def fixmatch_run(data: str, device: str, seconds: float, smoke: bool) -> dict:
     over = [f"data.path={data}", f"train.device={device}", f"train.time_limit={seconds}",
             "data.labels_per_class=25", "train.eval_every=2000", "train.progress=false"]
     if smoke:
-        over += ["train.steps=4", "train.batch_size=8", "method.uratio=2", "train.eval_every=4"]
+        over += ["train.steps=4", "train.batch_size=8", "method.uratio=2", "train.eval_every=4",
+                 "data.val_per_class=2"]
     with tempfile.TemporaryDirectory() as tmp:
         _, s = train_semisup(load_config("fixmatch_cifar10", over), Path(tmp) / "fixmatch")
     return {k: s.get(k) for k in ("steps", "train_seconds", "test_acc_final",

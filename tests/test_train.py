@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,3 +193,46 @@ def test_collapse_is_reported_in_metrics_and_summary(tmp_path, capsys):
     assert capsys.readouterr().err.count("collapsed at step 2") == 1
     rows = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("collapsed") for r in rows if r["kind"] == "eval"] == [None, True, None, None]
+
+
+def test_precision_bf16_trains_on_cpu_with_float32_weights(tmp_path):
+    """train.precision=bf16 computes the step under bfloat16 autocast (the CPU's AMX fast path);
+    the weights, optimizer state and logged loss stay float32 and finite, and the steps differ
+    from float32 ones (the autocast really ran)."""
+    cfg16 = tiny_cfg(tmp_path / "a", "train.steps=3", "train.precision=bf16")
+    cfg32 = tiny_cfg(tmp_path / "b", "train.steps=3", "train.precision=fp32")
+    cfg_auto = tiny_cfg(tmp_path / "c", "train.steps=3")   # auto = float32 on the CPU
+    for cfg in (cfg16, cfg32, cfg_auto):
+        pretrain(cfg, Path(cfg.train.out_dir))
+    s16, s32, sauto = (encoder_state(c.train.out_dir) for c in (cfg16, cfg32, cfg_auto))
+    floats = [v for v in s16.values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in floats)
+    assert all(torch.equal(s32[k], sauto[k]) for k in s32)
+    assert any(not torch.equal(s16[k], s32[k]) for k in s32)
+
+
+def test_precision_rejects_unknown_value(tmp_path):
+    from selfsup.config import ConfigError
+    cfg = tiny_cfg(tmp_path, "train.steps=1", "train.precision=fp16")
+    with pytest.raises(ConfigError, match="train.precision"):
+        pretrain(cfg, Path(cfg.train.out_dir))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compile_trains_like_eager_and_resumes_eagerly(tmp_path):
+    """train.compile=true compiles the backbone in place: the encoder file keeps the eager names
+    and the weights match an eager run's to float32 rounding; a compiled run's checkpoint resumes
+    without compiling."""
+    steps = ["train.steps=3", "train.checkpoint_every=2"]
+    eager_dir, _ = pretrain(tiny_cfg(tmp_path / "a", *steps))
+    cfg = tiny_cfg(tmp_path / "b", *steps, "train.compile=true")
+    run_dir, res = pretrain(cfg, stop_after=2)
+    assert res == {"stopped_at": 2}
+    resumed = load_config("simclr_digits", TINY + [f"train.out_dir={run_dir}", *steps])
+    _, summary = pretrain(resumed)
+    assert summary["steps"] == 3
+    a, b = encoder_state(eager_dir), encoder_state(run_dir)
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a)

@@ -74,6 +74,11 @@ class TrainConfig:
     batch_size: int = 256
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
+    precision: str = "auto"          # auto (bf16 autocast on CUDA, float32 on CPU) | fp32 | bf16
+                                     # (bf16 on CPU: ~2x faster where the CPU has AMX, slower
+                                     # without it; BENCHMARKS section 1)
+    compile: bool = False            # torch.compile the method's backbone (eager stays the default
+                                     # and the fallback; needs a C++ compiler on the CPU)
     threads: int | None = None       # torch CPU threads (None = torch's default)
     checkpoint_every: int = 500
     checkpoint_seconds: float = 120.0  # also checkpoint when this much time passed (0 = off)

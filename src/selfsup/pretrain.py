@@ -155,7 +155,7 @@ def _saved_config(run_dir: Path) -> dict | None:
 
 # settings that may change between a run and its resume (they do not change what is computed)
 RESUMABLE_KEYS = ("progress", "out_dir", "overwrite", "time_limit", "checkpoint_seconds",
-                  "allow_data_change")
+                  "allow_data_change", "compile")
 
 
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, kind: str = "run") -> None:

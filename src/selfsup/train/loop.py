@@ -70,6 +70,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_for(device: torch.device, precision: str):
+    """The context the loss is computed in: bfloat16 autocast (``bf16``; ``auto`` on CUDA) or
+    float32. Weights, optimizer state and losses stay float32 either way."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"train.precision must be auto, fp32 or bf16; got {precision!r}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        if device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"train.precision=bf16 runs on cpu or cuda, not {device.type}")
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16), where
+    train.precision=bf16 is the fast path; elsewhere bf16 is emulated and slower than float32."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
           monitor: Callable[[torch.nn.Module], dict] | None = None,
           stop_after: int | None = None) -> dict:
@@ -87,6 +106,10 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     device = resolve_device(tc.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", local_rank)
+    autocast = autocast_for(device, tc.precision)   # a wrong value fails before any work
+    if tc.precision == "bf16" and device.type == "cpu" and main_process and not cpu_has_fast_bf16():
+        print("selfsup: train.precision=bf16 on a CPU without AMX or AVX512-BF16: bfloat16 is "
+              "emulated here and slower than fp32", file=sys.stderr)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     n, bs, total = len(dataset), tc.batch_size, tc.steps
@@ -125,6 +148,11 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     channels_last = cfg.model.channels_last and device.type in ("cpu", "cuda")
     if channels_last:
         method.to(memory_format=torch.channels_last)
+    if tc.compile:   # in place: the state dict keeps its names, checkpoints stay eager-loadable
+        if not isinstance(getattr(method, "backbone", None), torch.nn.Module):
+            raise ConfigError(f"train.compile: method {cfg.method.get('name')!r} has no backbone "
+                             f"to compile; set train.compile=false")
+        method.backbone.compile()
     # linear scaling rule (Goyal et al., 2017; SimCLR); semi-supervised recipes give lr as is
     lr_peak = oc.lr * bs / 256 if oc.scale_lr else oc.lr
     optimizer = build_optimizer(method, oc.name, lr_peak, oc.weight_decay, oc.momentum, oc.lars_eta,
@@ -220,8 +248,6 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
                         ckpt_path)
         barrier()
 
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else nullcontext())
     bar = tqdm(total=total, initial=step, desc=f"train {cfg.method.get('name')}", unit="step",
                disable=not (tc.progress and main_process), file=sys.stderr, dynamic_ncols=True)
     data_time = compute_time = 0.0

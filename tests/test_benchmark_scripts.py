@@ -1,0 +1,84 @@
+"""The performance scripts of issue 20 run end to end on a tiny CIFAR-shaped folder (CI has no GPU
+and no CIFAR-10): the GPU suite's CPU smoke mode, the throughput script (with its plain
+forward+backward floor), and the selfsup side of the peer time-to-accuracy race."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_image
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("test", 4)):
+        for c, name in enumerate(CLASSES):
+            for i in range(n):
+                color = rng.integers(0, 255, 3).tolist()
+                make_image(tmp_path / "cifar" / split / name / f"{i:04d}.jpg", color, size=(32, 32))
+    return tmp_path / "cifar"
+
+
+def run(args, tmp_path, timeout=600):
+    env = {"SELFSUP_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+@pytest.mark.slow
+def test_gpu_suite_smoke_mode_on_cpu(tiny_cifar, tmp_path):
+    out = run(["benchmarks/gpu_suite.py", "--data", str(tiny_cifar), "--smoke"], tmp_path)
+    res = json.loads(out.stdout[out.stdout.rindex("\n{\n") + 1:])
+    assert res["smoke"] and res["device"] == "cpu"
+    assert res["simclr_resnet18"]["steps"] == 4 and "knn200_acc" in str(res["simclr_resnet18"])
+    assert res["fixmatch_wrn28_2_250"]["steps"] == 4
+    rows = [json.loads(x) for x in out.stdout.splitlines() if x.startswith('{"method"')]
+    assert len(rows) == 10 and all("images_per_s" in r for r in rows), rows
+
+
+@pytest.mark.slow
+def test_throughput_reports_step_overhead_against_plain_pass(tiny_cifar, tmp_path):
+    res_path = tmp_path / "t.json"
+    run(["benchmarks/throughput.py", "--data", str(tiny_cifar), "--steps", "4", "--warmup-steps",
+         "1", "--batch-size", "32", "--plain-steps", "2", "--precision", "bf16",
+         "--out", str(res_path)], tmp_path)
+    res = json.loads(res_path.read_text())
+    assert res["precision"] == "bf16" and res["timed_steps"] == 3
+    assert res["images_per_s"] > 0 and res["plain_fwd_bwd_s"] > 0
+    assert res["step_overhead"] == pytest.approx(res["step_compute_s"] / res["plain_fwd_bwd_s"] - 1)
+
+
+@pytest.mark.slow
+def test_peer_race_selfsup_side_writes_scored_snapshots(tiny_cifar, tmp_path):
+    """Snapshots of the bank and test features (in the evaluation list's order) every
+    --snap-every steps, with growing training seconds; scored by selfsup's kNN."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import peer_compare
+
+    bank = [f"train/{c}/{i:04d}.jpg" for c in CLASSES for i in (3, 1)]
+    test = [f"test/{c}/{i:04d}.jpg" for c in CLASSES for i in range(4)]
+    (tmp_path / "eval.json").write_text(json.dumps({"bank": bank, "test": test}))
+    run(["benchmarks/peer_compare.py", "_selfsup_tta", "--data", str(tiny_cifar),
+         "--eval-list", str(tmp_path / "eval.json"), "--out", str(tmp_path / "snaps"),
+         "--epochs", "0.03", "--snap-every", "2", "--precision", "fp32"], tmp_path)
+    snaps = sorted((tmp_path / "snaps").glob("snap_*.npz"))
+    assert [int(np.load(f)["step"]) for f in snaps] == [2, 4, 6]
+    z = [np.load(f) for f in snaps]
+    assert z[0]["bank"].shape == (20, 128) and z[0]["test"].shape == (40, 128)
+    assert 0 < z[0]["wall_s"] < z[1]["wall_s"] < z[2]["wall_s"]
+    curve = peer_compare.score(tmp_path / "snaps", np.repeat(np.arange(10), 2),
+                               np.repeat(np.arange(10), 4))
+    assert [c["step"] for c in curve] == [2, 4, 6] and all(0 <= c["knn200"] <= 1 for c in curve)
+    assert peer_compare.time_to(curve, -1.0) == curve[0]["wall_s"]
+    assert peer_compare.time_to(curve, 2.0) is None
