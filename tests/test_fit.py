@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from selfsup.cli import main
-from selfsup.fit import Choices, choose, parse_budget
+from selfsup.fit import Choices, choose, parse_budget, replanned_steps
 
 
 def test_parse_budget():
@@ -29,6 +29,30 @@ def test_choose_uses_the_budget_and_the_data():
     c = choose(500, 0, 400, "cuda", None)
     assert (c.image_size, c.backbone, c.semisup_method) == (96, "resnet18", "supervised")
     assert choose(500, 0, 400, "cpu", None).image_size == 64
+
+
+def test_replanning_stage2_never_assumes_it_runs_faster_than_measured():
+    """Stage 2's steps are re-planned from how stage 1 really ran: slower than measured scales
+    stage 2's step time up; faster than measured does not scale it down (stage 2 evaluates and
+    keeps an EMA model besides; a bf16 run planned 1,108 steps from a 0.74x stage 1 where 810
+    fitted); a stage 1 of a few steps is not a measurement."""
+    c = choose(500, 5000, 30, "cpu", 600, lambda c: (0.4, 0.38), spent=lambda: 0.0)
+    unscaled = int(346 / (0.38 * (1 + 1 / 9)))
+    fast, why = replanned_steps(c, 615, 615 * 0.3, 346)        # stage 1 at 0.75x its measurement
+    assert fast == unscaled and "0.75x" in why and "scaled by 1.00" in why
+    slow, _ = replanned_steps(c, 615, 615 * 0.6, 346)          # 1.5x: stage 2 assumed 1.5x too
+    assert slow == int(346 / (0.38 * 1.5 * (1 + 1 / 9)))
+    assert replanned_steps(c, 10, 10 * 2.0, 346)[0] == unscaled  # 10 steps: no re-scaling
+
+
+def test_choose_picks_bfloat16_only_where_the_cpu_has_it(monkeypatch):
+    import selfsup.fit as fit_mod
+
+    monkeypatch.setattr(fit_mod, "cpu_has_fast_bf16", lambda: True)
+    assert choose(500, 5000, 30, "cpu", None).precision == "bf16"
+    monkeypatch.setattr(fit_mod, "cpu_has_fast_bf16", lambda: False)
+    assert choose(500, 5000, 30, "cpu", None).precision == "fp32"
+    assert choose(500, 5000, 30, "cuda", None).precision == "auto"   # bf16 autocast on CUDA
 
 
 def test_fit_then_predict_and_export(tmp_path, capsys):

@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--ssl-method", default=None,
                     help="self-supervised method of stage 1 (default simclr)")
     ft.add_argument("--semisup-method", default=None,
-                    help="semi-supervised method of stage 2 (default flexmatch when there are "
+                    help="semi-supervised method of stage 2 (default freematch when there are "
                     "unlabeled images; e.g. fixmatch, freematch, supervised)")
     ft.add_argument("--ssl-steps", type=int, default=None, help="pretraining steps")
     ft.add_argument("--steps", type=int, default=None, help="semi-supervised steps")

@@ -32,7 +32,7 @@ from .fitcheck import (MIN_PER_CLASS_FOR_VALIDATION, FitDirError, _clear_fit, fi
 from .pretrain import pretrain, run_finished
 from .rundir import write_json
 from .semisupervised import SemisupData, train_semisup
-from .train.loop import resolve_device
+from .train.loop import autocast_for, cpu_has_fast_bf16, resolve_device
 
 
 def typical_side(path: str | Path, n: int = 64) -> int:
@@ -91,6 +91,7 @@ class Choices:
     uratio: float
     val_fraction: float
     reasons: dict = field(default_factory=dict)
+    precision: str = "auto"    # train.precision of both stages
 
 
 SSL_SHARE = 0.45          # of the training time under --budget
@@ -104,6 +105,30 @@ def stage2_steps(seconds: float, s_semi: float, c: "Choices") -> int:
     the same length (whose step costs about 1 / (1 + 2 uratio) of a FixMatch step)."""
     extra = 1.0 / (1.0 + 2.0 * c.uratio) if c.semisup_method != "supervised" else 0.0
     return max(10, int(seconds / (s_semi * (1.0 + extra))))
+
+
+def replanned_steps(c: "Choices", ssl_steps_run: int, ssl_seconds: float,
+                    remaining: float) -> tuple[int, str]:
+    """Stage 2's steps for the ``remaining`` seconds, from the step times measured before stage 1
+    (``c.reasons["measured_s_per_step"]``) scaled by how much slower stage 1 really ran (data
+    path, evaluations included), and the reason in words."""
+    measured = c.reasons.get("measured_s_per_step") or {}
+    real = ssl_seconds / max(1, ssl_steps_run)
+    ratio = real / measured["ssl"] if measured.get("ssl") else 1.0
+    if ssl_steps_run < MIN_STEPS_TO_REPLAN:
+        # a few steps' time is mostly start-up and evaluation, not the step (a 10-step stage
+        # 1 once planned 713 steps where 900 fitted and left a quarter of the budget unused)
+        ratio = 1.0
+    # a faster stage 1 does not make stage 2 faster than measured: stage 2 also evaluates on
+    # validation and test and updates an EMA model (bf16, 2026-11-30: stage 1 ran at 0.74x its
+    # measurement, stage 2 at 1.03x; scaled down, 1,108 steps were planned where 810 fitted, and
+    # the clock cut the learning-rate schedule at 73%)
+    ratio = max(1.0, ratio)
+    steps = stage2_steps(max(5.0, remaining), (measured.get("semi") or real) * ratio, c)
+    return steps, (f"; stage 1 ran at {real:.3f} s per step ({real / measured['ssl']:.2f}x the "
+                   f"measurement, scaled by {ratio:.2f}): {steps} steps for the {remaining:.0f} s "
+                   f"left" if measured.get("ssl") else f"; {steps} steps for the "
+                   f"{remaining:.0f} s left")
 
 
 def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: float | None,
@@ -129,6 +154,17 @@ def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: f
         backbone, width = "convnet", 1.0
         r["backbone"] = ("CPU: the small convnet (0.39M parameters; ResNet-18 trains ~20x slower "
                          "here, BENCHMARKS.md section 1)")
+    if gpu:
+        precision = "auto"
+        r["precision"] = "GPU: bfloat16 autocast"
+    elif cpu_has_fast_bf16():
+        precision = "bf16"
+        r["precision"] = ("this CPU multiplies bfloat16 in hardware (AMX / AVX512-BF16): bfloat16 "
+                          "autocast, ~1.6x the steps of float32 in the same time on the convnet "
+                          "(BENCHMARKS.md sections 1 and 6; train.precision=fp32 to turn it off)")
+    else:
+        precision = "fp32"
+        r["precision"] = "CPU without bfloat16 hardware: float32"
     total = n_labeled + n_unlabeled
     ssl_batch = min(256, max(16, total // 4))
     batch = min(64, max(4, n_labeled // 4))
@@ -146,7 +182,7 @@ def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: f
         "fine-tuning the SimCLR encoder on the labels (no unlabeled images)")
     uratio = 4.0 if semisup != "supervised" else 0.0
     c = Choices(device, size, backbone, width, "simclr", 0, ssl_batch, semisup, 0, batch, uratio,
-                0.2, r)
+                0.2, r, precision)
     if budget_s is None or step_seconds is None:
         c.ssl_steps = int(np.clip(30 * total / ssl_batch, 100, 5000))
         c.steps = int(np.clip(50 * n_labeled / batch, 100, 3000))
@@ -177,11 +213,14 @@ def _time_steps(cfg: RunConfig, x: torch.Tensor, labels: torch.Tensor, n: int = 
     semi = getattr(m, "semi_supervised", False)
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-6)
     info = BatchInfo(torch.arange(len(x)), labels)
+    amp = autocast_for(torch.device("cpu"), cfg.train.precision)   # the step is timed on the CPU
     times = []
     for i in range(n + 1):
         t0 = time.perf_counter()
         views = m.views(x, info) if semi else m.views(x)
-        m.training_step(views, 0.5, info).loss.backward()
+        with amp:
+            loss = m.training_step(views, 0.5, info).loss
+        loss.backward()
         opt.step()
         opt.zero_grad()
         if i:
@@ -266,6 +305,10 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     for k, v in forced.items():
         setattr(c, k, type(getattr(c, k))(v))
         c.reasons[k] = f"set on the command line: {v}"
+    for o in overrides:   # the overrides win over the recipe in both stages: say so
+        if o.startswith("train.precision="):
+            c.precision = o.split("=", 1)[1]
+            c.reasons["precision"] = f"set on the command line: {o}"
     # nothing was written before this point: every refusal has happened
     try:
         rundir.create(out, "fit")           # the marker first; then one process at a time
@@ -330,17 +373,9 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
             and ssl_summary.get("train_seconds")
             and not (out / "candidates").exists()):
         # re-plan stage 2 from how fast stage 1 really ran (data path, evaluations included)
-        measured = c.reasons.get("measured_s_per_step") or {}
-        real = ssl_summary["train_seconds"] / max(1, ssl_summary["steps"])
-        ratio = real / measured["ssl"] if measured.get("ssl") else 1.0
-        if ssl_summary["steps"] < MIN_STEPS_TO_REPLAN:
-            # a few steps' time is mostly start-up and evaluation, not the step (a 10-step stage
-            # 1 once planned 713 steps where 900 fitted and left a quarter of the budget unused)
-            ratio = 1.0
-        semi_s = measured.get("semi") or real
-        c.steps = stage2_steps(max(5.0, remaining), semi_s * ratio, c)
-        c.reasons["steps"] += (f"; stage 1 ran at {real:.3f} s per step ({ratio:.2f}x the "
-                               f"measurement): {c.steps} steps for the {remaining:.0f} s left")
+        c.steps, why = replanned_steps(c, ssl_summary["steps"], ssl_summary["train_seconds"],
+                                       remaining)
+        c.reasons["steps"] += why
         write_json(out / "choices.json", c.__dict__)
         ssl_cfg, semi_cfg = _stage_configs(c, overrides, seed)
     candidates = {c.semisup_method: semi_cfg}
@@ -458,7 +493,8 @@ def _headline(clf_dir: Path, test_ds, device) -> dict:
 def _stage_configs(c: Choices, overrides, seed: int) -> tuple[RunConfig, RunConfig]:
     common = [f"model.backbone={c.backbone}", f"model.width={c.width}",
               f"data.image_size={c.image_size}", f"augment.size={c.image_size}",
-              f"train.seed={seed}", f"train.device={c.device}"]
+              f"train.seed={seed}", f"train.device={c.device}",
+              f"train.precision={c.precision}"]
     ssl = load_config(None, [f"method.name={c.ssl_method}", *common,
                              f"train.steps={c.ssl_steps}", f"train.batch_size={c.ssl_batch}",
                              f"train.checkpoint_every={max(1, c.ssl_steps // 4)}",
