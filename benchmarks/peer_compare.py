@@ -92,14 +92,18 @@ def summarize(ratios: list[float]) -> dict:
             "rounds": len(ratios)}
 
 
+def round_order(variants: list[str], r: int) -> list[tuple[str, str]]:
+    """The runs of round ``r``: selfsup's variants then the peer, reversed in odd rounds."""
+    runs = [("selfsup", v) for v in variants] + [("peer", "fp32")]
+    return runs[::-1] if r % 2 else runs
+
+
 def cmd_throughput(a, tmp: Path) -> list[dict]:
     folder = image_folder(a.data, a.folder, tmp / "img")
     log = Path(a.log)
     rows = []
     for r in range(a.rounds):
-        runs = [("selfsup", p) for p in a.precision] + [("peer", "fp32")]
-        if r % 2:
-            runs.reverse()
+        runs = round_order(a.precision, r)
         got = {}
         for who, prec in runs:
             before = load()
@@ -164,9 +168,7 @@ def cmd_tta(a, tmp: Path) -> list[dict]:
     log = Path(a.log)
     rows = []
     for r in range(a.rounds):
-        runs = [("selfsup", p) for p in a.precision] + [("peer", "fp32")]
-        if r % 2:
-            runs.reverse()
+        runs = round_order(a.precision, r)
         times = {}
         for who, prec in runs:
             snaps = tmp / f"snaps-{r}-{who}-{prec}"
