@@ -152,8 +152,8 @@ def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: f
         r["backbone"] = "GPU: ResNet-18"
     else:
         backbone, width = "convnet", 1.0
-        r["backbone"] = ("CPU: the small convnet (0.39M parameters; ResNet-18 trains ~20x slower "
-                         "here, BENCHMARKS.md section 1)")
+        r["backbone"] = ("CPU: the small convnet (0.39M parameters; SimCLR on a full-width "
+                         "ResNet-18 runs ~18x slower on 2 CPU cores at 32 px, BENCHMARKS.md 1.2)")
     if gpu:
         precision = "auto"
         r["precision"] = "GPU: bfloat16 autocast"
