@@ -39,6 +39,7 @@ def throughput(data: str, device: str, batch: int, steps: int, warmup: int, smok
     from selfsup.config import load_config
     from selfsup.methods import BatchInfo
     from selfsup.pretrain import build_method, load_data
+    from selfsup.train.loop import autocast_for
 
     rows = []
     cfg0 = load_config("simclr_cifar10", [f"data.path={data}"])
@@ -60,8 +61,7 @@ def throughput(data: str, device: str, batch: int, steps: int, warmup: int, smok
             opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3)
             x = x_all.to(device)
             info = BatchInfo(torch.arange(len(x), device=device), ds_labels(ds, len(x), device))
-            amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") \
-                else torch.autocast("cpu", enabled=False)
+            amp = autocast_for(torch.device(device), "auto")   # bf16 on CUDA, float32 on CPU
             for i in range(warmup + steps):
                 if i == warmup:
                     _sync(device)

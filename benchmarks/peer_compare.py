@@ -108,7 +108,7 @@ def cmd_throughput(a, tmp: Path) -> list[dict]:
         for who, prec in runs:
             before = load()
             if who == "selfsup":
-                res = run_json([sys.executable, "benchmarks/throughput.py", "--data", a.data,
+                run_json([sys.executable, "benchmarks/throughput.py", "--data", a.data,
                                 "--steps", str(a.steps + 5), *variant_args(prec),
                                 "--threads", str(a.threads), "--out", str(tmp / "t.json")], log)
                 res = json.loads((tmp / "t.json").read_text())
