@@ -7,7 +7,8 @@ import numpy as np
 from PIL import Image
 
 from selfsup.cli import main
-from selfsup.fit import Choices, choose, parse_budget, replanned_steps
+from selfsup.fitcheck import parse_budget
+from selfsup.fitplan import Choices, choose, decide, replanned_steps
 
 
 def test_parse_budget():
@@ -45,12 +46,52 @@ def test_replanning_stage2_never_assumes_it_runs_faster_than_measured():
     assert replanned_steps(c, 10, 10 * 2.0, 346)[0] == unscaled  # 10 steps: no re-scaling
 
 
-def test_choose_picks_bfloat16_only_where_the_cpu_has_it(monkeypatch):
-    import selfsup.fit as fit_mod
+def test_decide_keeps_labels_only_only_when_it_leads_by_more_than_one_standard_error():
+    # the 2026-11-30 case: 48 vs 49 right out of 100 -> the semi-supervised model is kept
+    semi = np.r_[np.ones(48), np.zeros(52)]
+    lo = np.r_[np.ones(30), np.zeros(18), np.ones(19), np.zeros(33)]
+    r = decide(semi, lo, "freematch")
+    d = semi - lo
+    se = d.std(ddof=1) / np.sqrt(100)
+    assert r["kept"] == "freematch" and abs(r["difference"] + 0.01) < 1e-12
+    assert abs(r["difference_se"] - se) < 1e-12 and 0.3 < r["p_semi_better"] < 0.5
+    assert "does not lead" in r["reason"]
+    # labels-only 15 images ahead (SE ~0.05): labels-only is kept
+    lo2 = np.r_[np.ones(48), np.zeros(37), np.ones(15)]
+    r = decide(semi, lo2, "freematch")
+    assert r["kept"] == "labels_only" and r["difference"] < -r["margin"] and r["margin"] > 0
+    # identical answers: a tie keeps the semi-supervised model; unanimous loss keeps labels-only
+    assert decide(semi, semi)["kept"] == "semi"
+    assert decide(np.zeros(3), np.ones(3))["kept"] == "labels_only"
 
-    monkeypatch.setattr(fit_mod, "cpu_has_fast_bf16", lambda: True)
+
+def test_decide_rarely_drops_a_better_semi_model_and_usually_drops_a_worse_one():
+    """Simulated validation sets of 100 images, two models disagreeing on 30% of them: the
+    rule the fit uses against the old "keep whichever is ahead, ties keep labels-only"."""
+    rng = np.random.default_rng(0)
+
+    def p_labels_only(gap, rule, reps=300, n=100, disagree=0.3):
+        out = 0
+        for _ in range(reps):
+            u = rng.random(n)
+            only_semi = u < (disagree + gap) / 2
+            only_lo = (u >= (disagree + gap) / 2) & (u < disagree)
+            both = u >= 0.65
+            semi, lo = (only_semi | both).astype(float), (only_lo | both).astype(float)
+            out += (decide(semi, lo, n_boot=4)["kept"] == "labels_only" if rule == "new"
+                    else not semi.mean() > lo.mean())
+        return out / reps
+
+    assert p_labels_only(0.06, "new") < 0.05 < 0.10 < p_labels_only(0.06, "old")
+    assert p_labels_only(-0.07, "new") > 0.5
+
+
+def test_choose_picks_bfloat16_only_where_the_cpu_has_it(monkeypatch):
+    import selfsup.fitplan as plan
+
+    monkeypatch.setattr(plan, "cpu_has_fast_bf16", lambda: True)
     assert choose(500, 5000, 30, "cpu", None).precision == "bf16"
-    monkeypatch.setattr(fit_mod, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(plan, "cpu_has_fast_bf16", lambda: False)
     assert choose(500, 5000, 30, "cpu", None).precision == "fp32"
     assert choose(500, 5000, 30, "cuda", None).precision == "auto"   # bf16 autocast on CUDA
 

@@ -194,3 +194,10 @@ def test_fit_with_a_budget_measures_plans_and_keeps_to_it(tmp_path):
     assert ch["ssl_steps"] >= 10 and ch["steps"] >= 10 and "budget" in ch["reasons"]["steps"]
     assert wall < 40 * 1.6, wall      # generous: a loaded CI machine; the planner aims at 95%
     assert (out / "classifier" / "model.safetensors").exists()
+    # the labels-only candidate ran first and whole (once it got the leftovers and was cut by
+    # the clock); the semi-supervised one was then planned for the time really left
+    lo = json.loads((out / "candidates" / "labels_only" / "summary.json").read_text())
+    assert lo["steps"] == ch["labels_only_steps"] and not lo["stopped_by_time"]
+    assert "after the labels-only candidate" in ch["reasons"]["steps"]
+    fm = json.loads((out / "candidates" / "freematch" / "summary.json").read_text())
+    assert 0 < fm["steps"] <= ch["steps"]    # on a 40 s budget the clock may end it

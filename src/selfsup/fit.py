@@ -2,10 +2,12 @@
 this toolkit can make of them within a budget, with every choice printed and saved.
 
 Pipeline: look at the data (image sizes, counts per class) -> choose a recipe (input size,
-backbone, steps) from the data, the device and the time budget -> self-supervised pretraining
-(SimCLR) on every image, labeled or not -> semi-supervised training (FreeMatch started from the
-pretrained encoder) and labels-only fine-tuning beside it, the better on validation kept -> evaluation on a
-held-out validation split (and a test set when given) -> ``OUT/`` with ``choices.json``,
+backbone, steps) from the data, the device and the time budget (``fitplan``) -> self-supervised
+pretraining (SimCLR) on every image, labeled or not -> labels-only fine-tuning from the
+pretrained encoder, then semi-supervised training (FreeMatch) from it with the time left; the
+semi-supervised model kept unless labels-only is clearly better on a held-out validation split
+(``fitplan.decide``) -> evaluation on that split (and a test set when given) -> ``OUT/`` with
+``choices.json``,
 ``pretrain/``, ``classifier/`` (``model.safetensors`` for predict/export) and ``summary.json``.
 Any choice can be overridden (``--image-size``, ``--backbone``, ``--ssl-steps``, ``--steps``,
 ``--ssl-method``, ``--semisup-method``, or ``key=value`` for both stages).
@@ -16,14 +18,14 @@ from __future__ import annotations
 import io
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import rundir
-from .config import RunConfig, apply_overrides, load_config
+from .config import apply_overrides
 from .data import ImageDataset, load_dataset
 from .data.sources import DataError, open_source
 from .data.splits import stratified_split
@@ -32,7 +34,9 @@ from .fitcheck import (MIN_PER_CLASS_FOR_VALIDATION, FitDirError, _clear_fit, fi
 from .pretrain import pretrain, run_finished
 from .rundir import write_json
 from .semisupervised import SemisupData, train_semisup
-from .train.loop import autocast_for, cpu_has_fast_bf16, resolve_device
+from .fitplan import (BUDGET_USE, REPORT_RESERVE_S, SSL_SHARE, Choices, _stage_configs, choose,
+                      decide, replanned_steps, time_step)
+from .train.loop import resolve_device
 
 
 def typical_side(path: str | Path, n: int = 64) -> int:
@@ -74,158 +78,6 @@ def add_labeled(lab: ImageDataset, extra: ImageDataset) -> ImageDataset:
     """``lab`` followed by the labeled rows of ``extra`` (re-indexed to ``lab``'s classes)."""
     extra = extra.subset(np.flatnonzero(extra.labels >= 0)).aligned_to(lab.classes)
     return _concat(lab, extra, extra.labels, "extra")
-
-
-@dataclass
-class Choices:
-    device: str
-    image_size: int
-    backbone: str
-    width: float
-    ssl_method: str
-    ssl_steps: int
-    ssl_batch: int
-    semisup_method: str
-    steps: int
-    batch: int
-    uratio: float
-    val_fraction: float
-    reasons: dict = field(default_factory=dict)
-    precision: str = "auto"    # train.precision of both stages
-
-
-SSL_SHARE = 0.45          # of the training time under --budget
-BUDGET_USE = 0.95         # of --budget planned for training; the rest: evaluation and the report
-REPORT_RESERVE_S = 8.0
-MIN_STEPS_TO_REPLAN = 50   # stage 1 must run this many steps for its speed to re-plan stage 2
-
-
-def stage2_steps(seconds: float, s_semi: float, c: "Choices") -> int:
-    """Semi-supervised steps that fit ``seconds`` together with the labels-only candidate of
-    the same length (whose step costs about 1 / (1 + 2 uratio) of a FixMatch step)."""
-    extra = 1.0 / (1.0 + 2.0 * c.uratio) if c.semisup_method != "supervised" else 0.0
-    return max(10, int(seconds / (s_semi * (1.0 + extra))))
-
-
-def replanned_steps(c: "Choices", ssl_steps_run: int, ssl_seconds: float,
-                    remaining: float) -> tuple[int, str]:
-    """Stage 2's steps for the ``remaining`` seconds, from the step times measured before stage 1
-    (``c.reasons["measured_s_per_step"]``) scaled by how much slower stage 1 really ran (data
-    path, evaluations included), and the reason in words."""
-    measured = c.reasons.get("measured_s_per_step") or {}
-    real = ssl_seconds / max(1, ssl_steps_run)
-    ratio = real / measured["ssl"] if measured.get("ssl") else 1.0
-    if ssl_steps_run < MIN_STEPS_TO_REPLAN:
-        # a few steps' time is mostly start-up and evaluation, not the step (a 10-step stage
-        # 1 once planned 713 steps where 900 fitted and left a quarter of the budget unused)
-        ratio = 1.0
-    # a faster stage 1 does not make stage 2 faster than measured: stage 2 also evaluates on
-    # validation and test and updates an EMA model (bf16, 2026-11-30: stage 1 ran at 0.74x its
-    # measurement, stage 2 at 1.03x; scaled down, 1,108 steps were planned where 810 fitted, and
-    # the clock cut the learning-rate schedule at 73%)
-    ratio = max(1.0, ratio)
-    steps = stage2_steps(max(5.0, remaining), (measured.get("semi") or real) * ratio, c)
-    return steps, (f"; stage 1 ran at {real:.3f} s per step ({real / measured['ssl']:.2f}x the "
-                   f"measurement, scaled by {ratio:.2f}): {steps} steps for the {remaining:.0f} s "
-                   f"left" if measured.get("ssl") else f"; {steps} steps for the "
-                   f"{remaining:.0f} s left")
-
-
-def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: float | None,
-           step_seconds=None, spent=lambda: 0.0) -> Choices:
-    """The recipe. ``step_seconds(choices)`` -> (seconds per SSL step, per semi-supervised step)
-    measures the two steps on this machine when a budget is given; ``budget_s`` is the training
-    time and ``spent()`` what has been used of it so far (decoding, measuring)."""
-    r: dict[str, str] = {}
-    gpu = device.startswith("cuda")
-    if side <= 48:
-        size = 32
-        r["image_size"] = f"images are small (median shorter side {side} px): train at 32 px"
-    elif gpu:
-        size = 96
-        r["image_size"] = f"median shorter side {side} px, GPU: 96 px (STL-10 scale)"
-    else:
-        size = 64
-        r["image_size"] = f"median shorter side {side} px, CPU: 64 px keeps training affordable"
-    if gpu:
-        backbone, width = "resnet18", 1.0
-        r["backbone"] = "GPU: ResNet-18"
-    else:
-        backbone, width = "convnet", 1.0
-        r["backbone"] = ("CPU: the small convnet (0.39M parameters; SimCLR on a full-width "
-                         "ResNet-18 runs ~18x slower on 2 CPU cores at 32 px, BENCHMARKS.md 1.2)")
-    if gpu:
-        precision = "auto"
-        r["precision"] = "GPU: bfloat16 autocast"
-    elif cpu_has_fast_bf16():
-        precision = "bf16"
-        r["precision"] = ("this CPU multiplies bfloat16 in hardware (AMX / AVX512-BF16): bfloat16 "
-                          "autocast, ~1.6x the steps of float32 in the same time on the convnet "
-                          "(BENCHMARKS.md sections 1 and 6; train.precision=fp32 to turn it off)")
-    else:
-        precision = "fp32"
-        r["precision"] = "CPU without bfloat16 hardware: float32"
-    total = n_labeled + n_unlabeled
-    ssl_batch = min(256, max(16, total // 4))
-    batch = min(64, max(4, n_labeled // 4))
-    semisup = "freematch" if n_unlabeled >= n_labeled else "supervised"
-    r["ssl_method"] = ("SimCLR: the best self-supervised method of the CPU protocol "
-                       "(BENCHMARKS.md section 3)")
-    r["semisup_method"] = (
-        f"FreeMatch from the SimCLR encoder ({n_unlabeled} unlabeled images to learn from): on "
-        f"the semi-supervised protocol v2 (BENCHMARKS.md section 4.1, 3 seeds) FreeMatch and "
-        f"FlexMatch beat FixMatch and labels-only at 250 labels on every seed (FreeMatch +7.2 "
-        f"over labels-only on average, FlexMatch +6.3); at 40 labels FreeMatch was ahead of "
-        f"FlexMatch on all 3 seeds (+4.0 over labels-only on average, FlexMatch +0.8, FixMatch "
-        f"below labels-only); a labels-only candidate is trained beside it and the better one "
-        f"on validation is kept" if semisup != "supervised" else
-        "fine-tuning the SimCLR encoder on the labels (no unlabeled images)")
-    uratio = 4.0 if semisup != "supervised" else 0.0
-    c = Choices(device, size, backbone, width, "simclr", 0, ssl_batch, semisup, 0, batch, uratio,
-                0.2, r, precision)
-    if budget_s is None or step_seconds is None:
-        c.ssl_steps = int(np.clip(30 * total / ssl_batch, 100, 5000))
-        c.steps = int(np.clip(50 * n_labeled / batch, 100, 3000))
-        r["steps"] = (f"no budget: ~30 epochs of pretraining ({c.ssl_steps} steps) and "
-                      f"{c.steps} semi-supervised steps")
-    else:
-        s_ssl, s_semi = step_seconds(c)
-        usable = max(10.0, budget_s - spent())   # what is left after measuring and decoding
-        r["measured_s_per_step"] = {"ssl": s_ssl, "semi": s_semi}
-        c.ssl_steps = max(10, int(SSL_SHARE * usable / s_ssl))
-        c.steps = stage2_steps((1 - SSL_SHARE) * usable, s_semi, c)
-        r["steps"] = (f"budget: {usable:.0f} s of training left after measuring "
-                      f"{s_ssl:.3f} s per pretraining step and {s_semi:.3f} s per {semisup} "
-                      f"step on this machine; {100 * SSL_SHARE:.0f}% to pretraining, the rest to "
-                      f"{semisup}" + (" and the labels-only candidate (same steps)"
-                                      if semisup != "supervised" else "")
-                      + "; re-planned from the measured pretraining speed before stage 2")
-    return c
-
-
-def _time_steps(cfg: RunConfig, x: torch.Tensor, labels: torch.Tensor, n: int = 3) -> float:
-    """Seconds per training step of cfg's method on the batch x (after one warm-up step)."""
-    from .methods import BatchInfo
-    from .pretrain import build_method
-
-    torch.manual_seed(0)
-    m = build_method(cfg)
-    semi = getattr(m, "semi_supervised", False)
-    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-6)
-    info = BatchInfo(torch.arange(len(x)), labels)
-    amp = autocast_for(torch.device("cpu"), cfg.train.precision)   # the step is timed on the CPU
-    times = []
-    for i in range(n + 1):
-        t0 = time.perf_counter()
-        views = m.views(x, info) if semi else m.views(x)
-        with amp:
-            loss = m.training_step(views, 0.5, info).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if i:
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def fit(labeled: str | Path, out: str | Path, unlabeled: str | Path | None = None,
@@ -279,11 +131,11 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
         ssl_cfg, semi_cfg = _stage_configs(replace(c, ssl_steps=max(1, c.ssl_steps),
                                                    steps=max(1, c.steps)), overrides, seed)
         x = torch.randint(0, 256, (c.ssl_batch, 3, c.image_size, c.image_size), dtype=torch.uint8)
-        s1 = _time_steps(ssl_cfg, x, torch.full((len(x),), -1))
+        s1 = time_step(ssl_cfg, x, torch.full((len(x),), -1))
         nb = c.batch + int(c.uratio * c.batch)
         x = torch.randint(0, 256, (nb, 3, c.image_size, c.image_size), dtype=torch.uint8)
         y = torch.cat([torch.zeros(c.batch, dtype=torch.long), torch.full((nb - c.batch,), -1)])
-        return s1, _time_steps(semi_cfg, x, y)
+        return s1, time_step(semi_cfg, x, y)
 
     if budget_s is not None and progress:
         print("selfsup fit: measuring a training step of each stage on this machine ...",
@@ -340,7 +192,7 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     c.batch = min(c.batch, max(2, len(train_idx)))
     ssl_total = len(train_idx) + (len(unl) if unl else 0)
     c.ssl_batch = max(2, min(c.ssl_batch, ssl_total))
-    ssl_cfg, semi_cfg = _stage_configs(c, overrides, seed)
+    ssl_cfg, _ = _stage_configs(c, overrides, seed)
     usable = planned
     if usable:   # each stage ends by the clock too: the budget holds even when steps run slow
         left = usable - (time.time() - t_start)
@@ -351,7 +203,8 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
                                                         ssl_train.labels, -1),
                              ssl_train.classes, ssl_train.names, ssl_train.source, ssl_train.skipped)
     if progress:
-        print(f"selfsup fit: 1/3 self-supervised pretraining ({c.ssl_method}, {c.ssl_steps} steps)",
+        print(f"selfsup fit: 1/{3 if c.semisup_method != 'supervised' else 2} "
+              f"self-supervised pretraining ({c.ssl_method}, {c.ssl_steps} steps)",
               file=sys.stderr)
     ssl_dir = out / "pretrain"
     if run_finished(ssl_dir) and (ssl_dir / "encoder.safetensors").exists():
@@ -369,29 +222,44 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     val_ds = lab.subset(val_idx) if use_val else None
     data = SemisupData(full=lab, train=train_view, val=val_ds, test=test_ds, record=split_record)
     remaining = usable - (time.time() - t_start) if usable else None
-    if (remaining is not None and "steps" not in forced and ssl_summary.get("steps")
-            and ssl_summary.get("train_seconds")
-            and not (out / "candidates").exists()):
+    replan = (remaining is not None and "steps" not in forced and ssl_summary.get("steps")
+              and ssl_summary.get("train_seconds"))
+    if replan and not (out / "candidates").exists():
         # re-plan stage 2 from how fast stage 1 really ran (data path, evaluations included)
         c.steps, why = replanned_steps(c, ssl_summary["steps"], ssl_summary["train_seconds"],
                                        remaining)
         c.reasons["steps"] += why
-        write_json(out / "choices.json", c.__dict__)
-        ssl_cfg, semi_cfg = _stage_configs(c, overrides, seed)
-    candidates = {c.semisup_method: semi_cfg}
-    if c.semisup_method != "supervised":
-        candidates["labels_only"] = apply_overrides(semi_cfg, ["method.name=supervised"])
+    if not c.labels_only_steps:
+        c.labels_only_steps = c.steps
+    write_json(out / "choices.json", c.__dict__)
+    # the labels-only candidate first, with its whole schedule (its step is cheap but its
+    # evaluations are not: 2026-11-30 it was planned at 1/9 of the budget's stage 2, ran second,
+    # got 42 s and 379 of its 647 steps, and still "won" on 100 validation images); then the
+    # semi-supervised one with all the time that is really left
+    order = (["labels_only"] if c.semisup_method != "supervised" else []) + [c.semisup_method]
     runs = {}
-    for i, (name, cfg) in enumerate(candidates.items()):
-        if remaining is not None:   # the labels-only step costs ~1/(1 + 2 uratio) of FixMatch's
-            share = 1.0 if len(candidates) == 1 else (
-                (1 + 2 * c.uratio) / (2 + 2 * c.uratio) if i == 0 else 1.0)
+    for i, name in enumerate(order):
+        d = out / "candidates" / name
+        if name != "labels_only" and len(order) == 2 and replan and not d.exists():
             left = usable - (time.time() - t_start)
+            c.steps, why = replanned_steps(c, ssl_summary["steps"], ssl_summary["train_seconds"],
+                                           left, with_labels_only=False)
+            c.reasons["steps"] += f"; after the labels-only candidate{why}"
+            write_json(out / "choices.json", c.__dict__)
+        steps = c.labels_only_steps if name == "labels_only" else c.steps
+        _, cfg = _stage_configs(replace(c, steps=steps), overrides, seed)
+        if name == "labels_only":
+            cfg = apply_overrides(cfg, ["method.name=supervised"])
+        if remaining is not None:
+            left = usable - (time.time() - t_start)
+            # labels-only: a cap, not a plan (it needs ~1/(1 + 2 uratio) of the semi-supervised
+            # candidate's step time plus its evaluations, ~20% of stage 2 on CIFAR-10 at 32 px,
+            # more on tiny data where the evaluations dominate); the semi-supervised one: the rest
+            share = 0.8 if name == "labels_only" else 1.0
             cfg = apply_overrides(cfg, [f"train.time_limit={max(5.0, share * left):.1f}"])
         if progress:
-            print(f"selfsup fit: {2 + i}/3 {name} from the pretrained encoder "
+            print(f"selfsup fit: {2 + i}/{1 + len(order)} {name} from the pretrained encoder "
                   f"({cfg.train.steps} steps)", file=sys.stderr)
-        d = out / "candidates" / name
         if run_finished(d) and (d / "model.safetensors").exists():
             summ = rundir.read_json(d / "summary.json")             # resumed: done
         else:
@@ -448,28 +316,16 @@ def _val_correct(run_dir: Path, val_ds, device) -> np.ndarray:
     return logits.argmax(1) == val_ds.labels
 
 
-def _compare(runs: dict, semi_name: str, val_ds, device, n_boot: int = 2000) -> dict:
-    """Which model to keep: the semi-supervised one only when it is more accurate than labels
-    alone on the held-out labeled images (ties keep labels-only); with the paired difference
-    and its 95% bootstrap interval over those images."""
+def _compare(runs: dict, semi_name: str, val_ds, device) -> dict:
+    """Which model to keep (``decide``) from the two candidates' answers on the held-out
+    labeled images."""
     if "labels_only" not in runs:
         return {"kept": semi_name, "reason": "no unlabeled images: labels only"}
     if val_ds is None:
         return {"kept": semi_name, "reason": "no validation split to compare on (too few "
                 "labels per class): kept the semi-supervised model untested against labels only"}
-    a = _val_correct(runs[semi_name][0], val_ds, device).astype(float)
-    b = _val_correct(runs["labels_only"][0], val_ds, device).astype(float)
-    d = a - b
-    rng = np.random.default_rng(0)
-    boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
-    lo, hi = (float(v) for v in np.percentile(boots, [2.5, 97.5]))
-    kept = semi_name if a.mean() > b.mean() else "labels_only"
-    return {"kept": kept, "val_images": len(d), "val_acc": {semi_name: float(a.mean()),
-                                                             "labels_only": float(b.mean())},
-            "difference": float(d.mean()), "difference_95ci": [lo, hi],
-            "reason": (f"validation accuracy {a.mean():.3f} with unlabeled photos vs "
-                       f"{b.mean():.3f} labels only on {len(d)} held-out images "
-                       f"(difference {d.mean():+.3f}, 95% CI {lo:+.3f} to {hi:+.3f})")}
+    return decide(_val_correct(runs[semi_name][0], val_ds, device),
+                  _val_correct(runs["labels_only"][0], val_ds, device), semi_name)
 
 
 def _headline(clf_dir: Path, test_ds, device) -> dict:
@@ -488,30 +344,3 @@ def _headline(clf_dir: Path, test_ds, device) -> dict:
     return {"test_images": n, "test_acc": acc, "test_acc_95ci": [lo, hi],
             "balanced_acc": float(np.mean(per_class)),
             "majority_rate": float(np.bincount(y).max() / n)}
-
-
-def _stage_configs(c: Choices, overrides, seed: int) -> tuple[RunConfig, RunConfig]:
-    common = [f"model.backbone={c.backbone}", f"model.width={c.width}",
-              f"data.image_size={c.image_size}", f"augment.size={c.image_size}",
-              f"train.seed={seed}", f"train.device={c.device}",
-              f"train.precision={c.precision}"]
-    ssl = load_config(None, [f"method.name={c.ssl_method}", *common,
-                             f"train.steps={c.ssl_steps}", f"train.batch_size={c.ssl_batch}",
-                             f"train.checkpoint_every={max(1, c.ssl_steps // 4)}",
-                             "optim.name=lars", "optim.lr=1.0", "optim.weight_decay=1e-5",
-                             "method.temperature=0.2", "augment.scale_min=0.2",
-                             "eval.knn_k=20", "eval.monitor=true", "eval.monitor_size=1000",
-                             f"train.eval_every={max(1, c.ssl_steps // 5)}"])
-    semi = load_config("fixmatch_cifar10_cpu",
-                       [f"method.name={c.semisup_method}", *common, "data.dataset=folder",
-                        f"train.steps={c.steps}", f"train.batch_size={c.batch}",
-                        f"train.checkpoint_every={max(1, c.steps // 4)}",
-                        f"train.eval_every={max(1, c.steps // 10)}", "data.test_split=",
-                        "data.split=", "data.labels_per_class=", "data.val_per_class=0",
-                        "train.threads=0"]
-                       # method.name drops the preset's method keys: uratio is given again
-                       + ([f"method.uratio={c.uratio or 4.0}"]
-                          if c.semisup_method != "supervised" else []))
-    if overrides:
-        ssl, semi = apply_overrides(ssl, list(overrides)), apply_overrides(semi, list(overrides))
-    return ssl, semi
