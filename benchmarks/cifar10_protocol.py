@@ -32,7 +32,8 @@ BASE = "simclr_cifar10_cpu"
 # pretext tasks whose best features sit before the last stage (RotNet: block 2 of 4): those runs
 # are also probed at these stages of the convnet (1-based, of 4)
 STAGE_PROBES = {"rotnet": (2, 3), "jigsaw": (3,), "relative_position": (3,),
-                "colorization": (3,), "inpainting": (3,), "denoising_ae": (3,), "vae": (3,)}
+                "colorization": (3,), "inpainting": (3,), "denoising_ae": (3,), "vae": (3,),
+                "synthetic_multitask": (2, 3), "synthetic_multitask_no_da": (2, 3)}
 # the ViT of the MAE / I-JEPA / DINO-on-ViT rows
 VIT = ["model.backbone=vit_tiny", "model.width=0.5", "model.patch_size=4",
        "model.channels_last=false"]
@@ -69,6 +70,10 @@ VARIANTS = {
     "dino_sgd": ("dino_cifar10_cpu", ["optim.name=sgd", "optim.lr=0.03", "optim.weight_decay=1e-4",
                                       "method.teacher_temp=0.04", "method.global_scale_min=0.14",
                                       "method.local_scale_max=0.14"]),
+    # issue 22: Ren & Lee's synthetic multitask pretext (depth, normals, contours of rendered
+    # scenes), with the feature-level domain loss against CIFAR-10's images and without it
+    "synthetic_multitask": ("synthetic_multitask_cifar10_cpu", []),
+    "synthetic_multitask_no_da": ("synthetic_multitask_cifar10_cpu", ["method.da_weight=0"]),
     # issue 22: I-JEPA beside MAE and DINO on the same ViT-Tiny/4 (width 0.5, 12 blocks) and
     # budget; I-JEPA's ViT has no class token (its features: the mean patch token)
     "ijepa": ("ijepa_cifar10_cpu", []),

@@ -82,3 +82,30 @@ def test_peer_race_selfsup_side_writes_scored_snapshots(tiny_cifar, tmp_path):
     assert [c["step"] for c in curve] == [2, 4, 6] and all(0 <= c["knn200"] <= 1 for c in curve)
     assert peer_compare.time_to(curve, -1.0) == curve[0]["wall_s"]
     assert peer_compare.time_to(curve, 2.0) is None
+
+
+def test_photo_folders_split_each_class_without_overlap(tmp_path):
+    """benchmarks/photo_folders.py (the real-photo folders of `fit`'s benchmark): per class the
+    asked numbers of labeled, unlabeled and test images, no image in two places, labels kept."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import photo_folders
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 12)
+    images = rng.integers(0, 255, (36, 8, 8), dtype=np.uint8)
+    images[:, 0, 0] = np.arange(36)              # each image identifiable by its first pixel
+    counts = photo_folders.write_folders(images, labels, ["a", "b", "c"], tmp_path, 2, 5, 4,
+                                         seed=1)
+    assert counts == {"labeled": 6, "unlabeled": 15, "test": 12}
+    from PIL import Image
+
+    seen = {}
+    for p in tmp_path.rglob("*.png"):
+        i = int(np.asarray(Image.open(p))[0, 0])
+        assert i not in seen, (p, seen.get(i))
+        seen[i] = p
+        if p.parent.name in ("a", "b", "c"):
+            assert ["a", "b", "c"].index(p.parent.name) == labels[i]
+    assert len(seen) == 33
+    with pytest.raises(SystemExit, match="class a: 12 images, 13 asked for"):
+        photo_folders.write_folders(images, labels, ["a", "b", "c"], tmp_path / "x", 4, 5, 4)

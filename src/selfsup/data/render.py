@@ -177,9 +177,10 @@ def _texture(sc: Scenes, ids: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return alb * (1 - 0.55 * m[..., None])
 
 
-def _shade(sc: Scenes, d: torch.Tensor):
+def _shade(sc: Scenes, d: torch.Tensor, shade: bool = True):
     """Cast rays ``d`` [N, 3] (camera frame) from the camera: (first-hit distance, surface id,
-    unit normal facing the ray in the camera frame, colour) per ray, each [B, N, ...]."""
+    unit normal facing the ray in the camera frame, colour or None unless ``shade``) per ray,
+    each [B, N, ...]."""
     b = sc.ground.shape[0]
     dd = d[None].expand(b, -1, -1) if sc.cam is None else d[None] @ sc.cam.transpose(1, 2)
     o = torch.zeros_like(dd)
@@ -191,6 +192,8 @@ def _shade(sc: Scenes, d: torch.Tensor):
     nrm = F.normalize(nrm, dim=-1)
     nrm = torch.where(((nrm * dd).sum(-1, keepdim=True) > 0), -nrm, nrm)   # face the camera
     tmin = torch.where(hit, tmin, torch.full_like(tmin, NO_HIT))
+    if not shade:
+        return tmin, ids, nrm if sc.cam is None else nrm @ sc.cam, None
     p = dd * tmin[..., None]
     # hard shadows: anything between the point and the light
     ls = sc.light[:, None].expand_as(dd)
@@ -230,16 +233,15 @@ def render(sc: Scenes, size: int, supersample: int = 2, fov: float = 60.0) -> di
     """The scenes at ``size`` x ``size`` pixels: image, depth, normals, ids, contours (see the
     module docstring)."""
     b = sc.ground.shape[0]
-    t, ids, nrm, _ = _shade(sc, camera_rays(size, fov))
+    ss = max(1, int(supersample))
     d = camera_rays(size, fov)
+    t, ids, nrm, col = _shade(sc, d, shade=ss == 1)
     depth = torch.where(ids >= 0, t * d[None, :, 2], torch.full_like(t, NO_HIT))
     depth, ids = depth.reshape(b, size, size), ids.reshape(b, size, size)
-    ss = max(1, int(supersample))
     if ss > 1:
         *_, col = _shade(sc, camera_rays(size * ss, fov))
         img = F.avg_pool2d(col.reshape(b, size * ss, size * ss, 3).permute(0, 3, 1, 2), ss)
     else:
-        *_, col = _shade(sc, d)
         img = col.reshape(b, size, size, 3).permute(0, 3, 1, 2)
     return {"image": img.clamp(0, 1).contiguous(), "depth": depth[:, None],
             "normals": nrm.reshape(b, size, size, 3).permute(0, 3, 1, 2).contiguous(),
