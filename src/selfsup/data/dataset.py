@@ -116,6 +116,16 @@ def load_cifar10(path=None, split="train", **kw) -> ImageDataset:
     return ds
 
 
+@DATASETS.register("scenes")
+def load_scenes(path=None, split=None, image_size: int = 32, **kw) -> ImageDataset:
+    """Rendered scenes with per-pixel classes (ground, wall, sphere, box), built in memory from a
+    seed; splits train (10,000), test and shifted (another appearance; 1,000 each).
+    ``selfsup.data.scenes`` gives the masks."""
+    from .scenes import load_scenes as _load
+
+    return _load(path, split, image_size)
+
+
 @DATASETS.register("digits")
 def load_digits(path=None, split=None, image_size: int = 16, **kw) -> ImageDataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), upsampled to

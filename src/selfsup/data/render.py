@@ -49,10 +49,22 @@ class Scenes:
     cam: torch.Tensor | None = None   # [B, 3, 3] camera -> world rotation (None: identity)
 
 
+APPEARANCES = ("default", "shifted")
+SEG_CLASSES = ["ground", "wall", "sphere", "box"]
+
+
 def random_scenes(b: int, max_spheres: int = 3, max_boxes: int = 2,
-                  generator: torch.Generator | None = None) -> Scenes:
+                  generator: torch.Generator | None = None, appearance: str = "default") -> Scenes:
     """``b`` random scenes: 1..max_spheres spheres and 0..max_boxes boxes standing on (or
-    floating above) the ground in front of the wall."""
+    floating above) the ground in front of the wall.
+
+    ``appearance="shifted"`` draws the same geometry (every random number of the geometry is
+    drawn first, in the same order, so one generator state gives the same shapes in both
+    appearances) with another look: pale colours (albedo 0.55-1), fine checks on every surface
+    (period 0.1-0.25), flat lighting (ambient 0.55-0.75) from the left. A domain shift of
+    appearance only, for out-of-domain tests."""
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
     g = generator
 
     def u(*shape, lo=0.0, hi=1.0):
@@ -71,15 +83,35 @@ def random_scenes(b: int, max_spheres: int = 3, max_boxes: int = 2,
                       u(b, k, lo=3.5, hi=7.5)], -1)
     n_k = torch.randint(0, k + 1, (b, 1), generator=g)
     n = 2 + s + k
-    light = torch.stack([u(b, lo=-1.0, hi=1.0), u(b, lo=0.5, hi=1.5), u(b, lo=-1.0, hi=0.3)], -1)
-    return Scenes(cam=camera_rotation(u(b, lo=-0.35, hi=0.1), u(b, lo=-0.15, hi=0.15)),
-                  ground=ground, wall=wall, sphere_c=sc, sphere_r=r,
-                  sphere_on=torch.arange(s)[None] < n_s, box_c=bc, box_h=h,
-                  box_yaw=u(b, k, hi=math.pi), box_on=torch.arange(k)[None] < n_k,
-                  albedo=u(b, n, 3, lo=0.1, hi=1.0),
-                  pattern=torch.randint(0, 3, (b, n), generator=g),
-                  scale=u(b, n, lo=0.2, hi=0.8), light=F.normalize(light, dim=-1),
-                  ambient=u(b, lo=0.15, hi=0.4))
+    # the draw order is the first version's (seeded scenes unchanged); the light takes three
+    # draws in both appearances, so the camera and the boxes' yaw stay the same too
+    if appearance == "shifted":
+        light = torch.stack([u(b, lo=-1.0, hi=-0.6), u(b, lo=0.3, hi=0.8), u(b, lo=-0.5, hi=0.0)],
+                            -1)
+    else:
+        light = torch.stack([u(b, lo=-1.0, hi=1.0), u(b, lo=0.5, hi=1.5), u(b, lo=-1.0, hi=0.3)],
+                            -1)
+    cam = camera_rotation(u(b, lo=-0.35, hi=0.1), u(b, lo=-0.15, hi=0.15))
+    yaw = u(b, k, hi=math.pi)
+    if appearance == "shifted":
+        albedo, pattern = u(b, n, 3, lo=0.55, hi=1.0), torch.full((b, n), 2)
+        scale, ambient = u(b, n, lo=0.1, hi=0.25), u(b, lo=0.55, hi=0.75)
+    else:
+        albedo, pattern = u(b, n, 3, lo=0.1, hi=1.0), torch.randint(0, 3, (b, n), generator=g)
+        scale, ambient = u(b, n, lo=0.2, hi=0.8), u(b, lo=0.15, hi=0.4)
+    return Scenes(cam=cam, ground=ground, wall=wall, sphere_c=sc, sphere_r=r,
+                  sphere_on=torch.arange(s)[None] < n_s, box_c=bc, box_h=h, box_yaw=yaw,
+                  box_on=torch.arange(k)[None] < n_k, albedo=albedo, pattern=pattern,
+                  scale=scale, light=F.normalize(light, dim=-1), ambient=ambient)
+
+
+def segmentation_classes(ids: torch.Tensor, n_spheres: int) -> torch.Tensor:
+    """Surface ids [B, H, W] (see ``render``) of scenes with ``n_spheres`` sphere slots ->
+    semantic classes (``SEG_CLASSES``: 0 ground, 1 wall, 2 sphere, 3 box; -1 where nothing
+    was hit)."""
+    cls = torch.where(ids >= 2 + n_spheres, torch.full_like(ids, 3),
+                      torch.where(ids >= 2, torch.full_like(ids, 2), ids))
+    return torch.where(ids < 0, torch.full_like(ids, -1), cls)
 
 
 def camera_rotation(pitch: torch.Tensor, roll: torch.Tensor) -> torch.Tensor:

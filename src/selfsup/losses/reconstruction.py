@@ -1,8 +1,10 @@
-"""Masking and reconstruction losses as pure functions (MAE, denoising autoencoders, VAE)."""
+"""Masking and reconstruction losses as pure functions (MAE, denoising autoencoders, VAE, the
+joint image-and-label VAE of generative semi-supervised segmentation)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def random_masking(batch: int, n: int, mask_ratio: float, device=None,
@@ -56,3 +58,30 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, diag exp(logvar)) || N(0, I)) per sample, summed over latent dimensions
     (Kingma & Welling, 2014, App. B): -1/2 sum(1 + logvar - mu^2 - exp(logvar)). [B, d] -> [B]."""
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+
+
+def bernoulli_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """-log p(x|z) of [0, 1] images under independent Bernoulli pixels with these logits, summed
+    over channels and pixels: [B, C, H, W] -> [B] (the VAE's reconstruction term)."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)
+
+
+def label_map_nll(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+    """-log p(y|z) of a label map under independent categorical pixels: logits [B, K, H, W], mask
+    [B, H, W] class indices (``ignore_index``: no label there) -> [B], summed over pixels."""
+    nll = F.cross_entropy(logits, mask.clamp_min(0), reduction="none")
+    return (nll * (mask != ignore_index)).flatten(1).sum(1)
+
+
+def joint_negative_elbo(image_logits: torch.Tensor, image: torch.Tensor, mu: torch.Tensor,
+                        logvar: torch.Tensor, beta: float = 1.0,
+                        label_logits: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                        label_weight: float = 1.0) -> torch.Tensor:
+    """The negative evidence lower bound of an image (and, when ``mask`` is given, its label map)
+    under a latent-variable model p(z) p(x|z) p(y|z) with q(z|x) = N(mu, exp(logvar)), per
+    sample [B]: -log p(x|z) + label_weight * -log p(y|z) + beta * KL(q(z|x) || N(0, I)). With one
+    reparameterised z per sample this is the single-sample estimate (Kingma & Welling, 2014)."""
+    loss = bernoulli_nll(image_logits, image) + beta * gaussian_kl(mu, logvar)
+    if mask is not None:
+        loss = loss + label_weight * label_map_nll(label_logits, mask)
+    return loss

@@ -8,7 +8,7 @@ from . import (barlow_twins, byol, deepcluster, denoising_ae, dino, distillation
                ijepa, mae, mocov2,
                colorization, igpt, inpainting, jigsaw, relative_position, rotnet, simclr,
                selfpatch, simsiam,
-               supcon, swav, synthetic_multitask, vae,
+               semantic_vae, supcon, swav, synthetic_multitask, vae,
                vicreg)
 from .base import BatchInfo, Method, StepOutput  # noqa: E402
 
