@@ -54,6 +54,13 @@ VARIANTS = {
     # of the labeled split (1,000 per class, the probe's) vs cross-entropy on the same labels
     "simsiam_no_sg": ("simsiam_cifar10_cpu", ["method.stop_gradient=false"]),
     "supcon_labeled": ("supcon_cifar10_cpu", ["data.labels_per_class=1000"]),
+    # issue 17: SupCon and its matched control on the probe's 10,000 labeled images only:
+    # cross-entropy with SupCon's augmentation (two SimCLR views per image), LARS 1.0, batch and
+    # steps; only the loss differs (a linear classifier + CE instead of the head + SupCon)
+    "supcon_matched": ("supcon_cifar10_cpu", ["data.labels_per_class=1000",
+                                              "data.labeled_only=true"]),
+    "ce_matched": ("supcon_cifar10_cpu", ["data.labels_per_class=1000", "data.labeled_only=true",
+                                          "method.loss=ce"]),
     # pretext and generative tasks (issue 4), each its own preset
     **{m: (f"{m}_cifar10_cpu", []) for m in (
         "rotnet", "jigsaw", "relative_position", "colorization", "inpainting", "denoising_ae",

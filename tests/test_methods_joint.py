@@ -86,6 +86,29 @@ def test_supcon_uses_labels_and_treats_unlabeled_as_own_class():
     assert torch.isclose(supcon(f, torch.tensor([5, 6, 7, 8])), supcon(f, None))
 
 
+def test_supcon_ce_control_differs_only_in_the_loss():
+    """loss=ce: the same encoder and the same two views; a linear classifier with cross-entropy
+    on each view (unlabeled images skipped) instead of the head and the contrastive loss."""
+    m = build("supcon", loss="ce", num_classes=3)
+    ref = build("supcon")
+    assert isinstance(m.head, torch.nn.Linear) and m.head.out_features == 3
+    assert all(torch.equal(p, q) for p, q in zip(m.backbone.parameters(), ref.backbone.parameters()))
+    views = m.views(imgs(4))
+    labels = [0, 2, -1, 1]
+    out = m.training_step(views, 0.0, batch(4, labels))
+    logits = m.head(m.backbone(torch.cat(views)))
+    y = torch.tensor(labels * 2)
+    keep = y >= 0
+    expected = -torch.log_softmax(logits, 1)[keep, y[keep]].mean()
+    assert torch.isclose(out.loss, expected, atol=1e-5)
+    none = m.training_step(views, 0.0, batch(4, [-1, -1, -1, -1])).loss
+    assert none.item() == 0.0
+    with pytest.raises(ValueError, match="num_classes"):
+        m.training_step(views, 0.0, batch(4, [0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="supcon or ce"):
+        build("supcon", loss="hinge")
+
+
 def test_spherical_kmeans_separates_blobs_and_keeps_empty_centroids():
     from selfsup.methods.deepcluster import spherical_kmeans
     g = torch.Generator().manual_seed(0)
@@ -171,3 +194,21 @@ def test_dino_teacher_temperature_warmup_and_centre_update():
     out = m.training_step(views, 0.0, batch())  # last layer frozen at the start
     out.loss.backward()
     assert m.head.last_layer.parametrizations.weight.original1.grad is None
+
+
+def test_labeled_only_pretraining_keeps_just_the_labeled_images(tmp_path):
+    """data.labels_per_class + data.labeled_only: the run trains on those N per class only (the
+    matched SupCon / cross-entropy rows of the protocol)."""
+    import json
+
+    from selfsup.config import load_config
+    from selfsup.pretrain import pretrain
+
+    cfg = load_config("supcon_cifar10_cpu", [
+        "data.dataset=digits", "data.image_size=16", "augment.size=16", "data.test_split=",
+        "model.width=0.25", "train.steps=2", "train.batch_size=8", "train.progress=false",
+        "eval.monitor=false", "data.labels_per_class=3", "data.labeled_only=true",
+        "method.loss=ce"])
+    run, _ = pretrain(cfg, tmp_path / "ce")
+    names = json.loads((run / "splits.json").read_text())["train_names"]
+    assert len(names) == 30

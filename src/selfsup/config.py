@@ -32,6 +32,8 @@ class DataConfig:
     subset: int | None = None        # use only this many training images (chosen by seed)
     labels_per_class: int | None = None  # semi-supervised: keep N labels per class (by seed),
                                          # hide the rest; None = every label given is used
+    labeled_only: bool = False       # pretraining with labels_per_class: train on those labeled
+                                     # images only (drop the hidden ones)
     val_per_class: int = 0           # semi-supervised: labeled images per class held out for
                                      # model selection (never trained on; not the test split)
 

@@ -434,6 +434,8 @@ def _pretrain_locked(cfg: RunConfig, run_dir: Path, stop_after: int | None, data
         hidden[keep] = train_ds.labels[keep]
         train_ds = ImageDataset(train_ds.images, hidden, train_ds.classes, train_ds.names,
                                 train_ds.source, train_ds.skipped)
+        if cfg.data.labeled_only:
+            train_ds = train_ds.subset(np.sort(keep))
     if cfg.data.subset and cfg.data.subset < len(train_ds):
         idx = np.sort(np.random.default_rng(cfg.train.seed).choice(len(train_ds), cfg.data.subset,
                                                                   replace=False))
