@@ -100,7 +100,9 @@ def main() -> None:
                     res, pred = score(method, split, a.test_images, steps)
                     pics[f"predicted_{steps}_steps"] = colour_labels(pred)
                     row = {"variant": name, "seed": seed, "labels": a.labels,
-                           "train_steps": cfg.train.steps, "split": split,
+                           "train_steps": cfg.train.steps, "beta": method.cfg.beta,
+                           "pixel_sigma": method.cfg.pixel_sigma,
+                           "set": a.set, "split": split,
                            "invert_steps": steps, "test_images": a.test_images,
                            "miou": round(100 * res["miou"], 2),
                            "iou": {c: round(100 * v, 2) for c, v in zip(SEG_CLASSES, res["iou"])},

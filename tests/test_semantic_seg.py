@@ -11,8 +11,8 @@ import torch
 from selfsup.data.render import SEG_CLASSES, random_scenes, render, segmentation_classes
 from selfsup.data.scenes import labeled_scenes, load_scenes, render_segmentation
 from selfsup.evaluate.segmentation import confusion_matrix, iou_scores
-from selfsup.losses.reconstruction import (bernoulli_nll, gaussian_kl, joint_negative_elbo,
-                                           label_map_nll)
+from selfsup.losses.reconstruction import (bernoulli_nll, gaussian_kl, gaussian_nll, image_nll,
+                                           joint_negative_elbo, label_map_nll)
 
 
 def test_segmentation_classes_follow_the_surface_ids():
@@ -72,7 +72,16 @@ def test_losses_against_hand_computed_references():
                     ref[b] -= torch.log_softmax(seg[b, :, i, j], 0)[mask[b, i, j]]
     assert torch.allclose(label_map_nll(seg, mask), ref, atol=1e-5)
 
+    mean = torch.sigmoid(logits)
+    sq = [sum((a - b) ** 2 for a, b in zip(mean[i].flatten().tolist(), x[i].flatten().tolist()))
+          for i in range(2)]
+    assert torch.allclose(gaussian_nll(mean, x, 0.1), torch.tensor(sq) / 0.02, atol=1e-4)
+    assert torch.allclose(image_nll(logits, x, 0.1), gaussian_nll(mean, x, 0.1))
+    assert torch.allclose(image_nll(logits, x), bernoulli_nll(logits, x))
+
     mu, logvar = torch.randn(2, 5), torch.randn(2, 5)
+    g = joint_negative_elbo(logits, x, mu, logvar, 1.0, pixel_sigma=0.2)
+    assert torch.allclose(g, gaussian_nll(mean, x, 0.2) + gaussian_kl(mu, logvar))
     full = joint_negative_elbo(logits, x, mu, logvar, 0.5, seg, mask, 2.0)
     assert torch.allclose(full, bernoulli_nll(logits, x) + 0.5 * gaussian_kl(mu, logvar)
                           + 2.0 * ref, atol=1e-5)
@@ -121,7 +130,7 @@ def _images(n=4):
 
 
 def test_inversion_starts_at_the_encoder_and_lowers_the_objective():
-    from selfsup.losses.reconstruction import bernoulli_nll as nll
+    from selfsup.losses.reconstruction import image_nll
     from selfsup.methods.semantic_vae import invert_lr
     from selfsup.report.pictures import denormalize
 
@@ -132,7 +141,8 @@ def test_inversion_starts_at_the_encoder_and_lowers_the_objective():
 
     def objective(z):
         with torch.no_grad():
-            return (nll(m.generator(z)[0], denormalize(x).clamp(0, 1)) + 0.5 * z.pow(2).sum(1)).sum()
+            return (image_nll(m.generator(z)[0], denormalize(x).clamp(0, 1), 0.1)
+                    + 0.5 * z.pow(2).sum(1)).sum()
 
     z = m.invert(x, 30)
     assert objective(z) < objective(mu.detach())

@@ -66,6 +66,13 @@ def bernoulli_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)
 
 
+def gaussian_nll(mean: torch.Tensor, target: torch.Tensor, sigma: float) -> torch.Tensor:
+    """-log p(x|z) of images under independent Gaussian pixels N(mean, sigma^2), summed over
+    channels and pixels, without the constant D/2 log(2 pi sigma^2) (it has no gradient):
+    [B, C, H, W] -> [B] = sum (x - mean)^2 / (2 sigma^2)."""
+    return (mean - target).pow(2).flatten(1).sum(1) / (2 * sigma * sigma)
+
+
 def label_map_nll(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
     """-log p(y|z) of a label map under independent categorical pixels: logits [B, K, H, W], mask
     [B, H, W] class indices (``ignore_index``: no label there) -> [B], summed over pixels."""
@@ -73,15 +80,26 @@ def label_map_nll(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int = 
     return (nll * (mask != ignore_index)).flatten(1).sum(1)
 
 
+def image_nll(image_logits: torch.Tensor, image: torch.Tensor,
+              pixel_sigma: float | None = None) -> torch.Tensor:
+    """-log p(x|z) [B] of [0, 1] images given the decoder's logits: Bernoulli pixels when
+    ``pixel_sigma`` is None, else Gaussian pixels with mean sigmoid(logits) and that std."""
+    if pixel_sigma is None:
+        return bernoulli_nll(image_logits, image)
+    return gaussian_nll(torch.sigmoid(image_logits), image, pixel_sigma)
+
+
 def joint_negative_elbo(image_logits: torch.Tensor, image: torch.Tensor, mu: torch.Tensor,
                         logvar: torch.Tensor, beta: float = 1.0,
                         label_logits: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                        label_weight: float = 1.0) -> torch.Tensor:
+                        label_weight: float = 1.0, pixel_sigma: float | None = None
+                        ) -> torch.Tensor:
     """The negative evidence lower bound of an image (and, when ``mask`` is given, its label map)
     under a latent-variable model p(z) p(x|z) p(y|z) with q(z|x) = N(mu, exp(logvar)), per
     sample [B]: -log p(x|z) + label_weight * -log p(y|z) + beta * KL(q(z|x) || N(0, I)). With one
-    reparameterised z per sample this is the single-sample estimate (Kingma & Welling, 2014)."""
-    loss = bernoulli_nll(image_logits, image) + beta * gaussian_kl(mu, logvar)
+    reparameterised z per sample this is the single-sample estimate (Kingma & Welling, 2014).
+    p(x|z): ``image_nll`` (Bernoulli, or Gaussian with std ``pixel_sigma``)."""
+    loss = image_nll(image_logits, image, pixel_sigma) + beta * gaussian_kl(mu, logvar)
     if mask is not None:
         loss = loss + label_weight * label_map_nll(label_logits, mask)
     return loss
