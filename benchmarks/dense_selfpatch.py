@@ -8,6 +8,10 @@ patches, 4x4 patches per tile), probed by logistic regression on frozen patch to
 patches sampled), tested on 2,000 mosaics of test images (128,000 patches); patch accuracy and
 mean IoU. Both methods: ViT-Tiny/4 at width 0.5 and 6 blocks, same crops (2 global crops,
 scale 0.25-1, no local crops), heads, AdamW, batch, steps; SelfPatch adds its patch loss (0.1).
+Both use DINO's small-scale setting that does not collapse (BENCHMARKS.md 3: BatchNorm in the
+heads, teacher temperature 0.04 throughout; the patch term follows the same temperature, as the
+official code). Each row records the collapse detector's verdict, the output embeddings' std and
+effective rank, and the teacher targets' entropies over the last 50 steps.
 
     python benchmarks/dense_selfpatch.py --data PATH/cifar10-jpeg.tar.gz --seeds 0 1
 """
@@ -31,7 +35,8 @@ COMMON = ["model.backbone=vit_tiny", "model.width=0.5", "model.patch_size=4", "m
           "optim.name=adamw", "optim.lr=5e-4", "optim.scale_lr=false", "optim.weight_decay=0.04",
           "optim.warmup=0.1", "train.progress=false", "eval.monitor=false",
           "method.out_dim=1024", "method.hidden_dim=256", "method.bottleneck_dim=128",
-          "method.n_local_crops=0", "method.global_scale_min=0.25", "method.base_momentum=0.99"]
+          "method.n_local_crops=0", "method.global_scale_min=0.25", "method.base_momentum=0.99",
+          "method.head_bn=true", "method.teacher_temp=0.04", "method.warmup_teacher_temp=0.04"]
 VARIANTS = {"dino": ["method.name=dino"],
             "selfpatch": ["method.name=selfpatch", "method.patch_out_dim=1024"]}
 
@@ -68,8 +73,16 @@ def main() -> None:
                 run_dir = Path(a.out_dir) / f"{name}-seed{seed}-{int(time.time())}"
                 _, summary = pretrain(cfg, run_dir, datasets=(unlabeled, None))
                 encoder, _ = load_encoder(run_dir)
+                logs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                last = [r for r in logs if r["kind"] == "eval"][-1]
+                tail = [r for r in logs if r["kind"] == "train"][-50:]
                 extra = {"images_per_s": summary.get("images_per_s"),
-                         "train_seconds": summary.get("train_seconds"), "run": str(run_dir)}
+                         "train_seconds": summary.get("train_seconds"), "run": str(run_dir),
+                         "collapsed": summary.get("collapsed"), "z_std": last.get("z_std"),
+                         "z_std_healthy": last.get("z_std_healthy"), "z_rank": last.get("z_rank"),
+                         **{k: round(sum(r[k] for r in tail) / len(tail), 3)
+                            for k in ("target_entropy", "batch_entropy", "loss_patch")
+                            if tail and all(k in r for r in tail)}}
             res = dense_probe(encoder, probe_train, probe_test, num_classes=10, seed=seed)
             row = {"variant": name, "seed": seed, "steps": a.steps, **res, **extra,
                    "seconds": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d %H:%M")}

@@ -91,3 +91,41 @@ def test_training_step_with_local_crops_and_encoder_outputs():
     x = torch.randn(3, 3, 16, 16)
     assert method.encoder(x).shape == (3, vit.embed_dim)
     assert method.encoder.forward_map(x).shape == (3, vit.embed_dim, 4, 4)
+
+
+def test_official_schedule_centre_and_blocks():
+    """As alinlab/SelfPatch: the patch term uses the image term's warming-up teacher temperature,
+    the image centre moves towards the teacher outputs of every crop (locals included), and the
+    class-attention blocks have no LayerScale unless asked for."""
+    torch.manual_seed(0)
+    vit = backbones.create("vit_tiny", width=0.25, image_size=16, patch_size=4, depth=2)
+    cfg = SelfPatchConfig(out_dim=32, hidden_dim=16, bottleneck_dim=8, patch_out_dim=16,
+                          n_local_crops=2, local_size=12, head_bn=True)
+    method = SelfPatch(vit, cfg, ViewConfig(size=16))
+    assert all(b.gamma1 is None and b.gamma2 is None for b in method.ca.blocks)
+    assert SelfPatchHead(8, 2, layer_scale=0.1).blocks[0].gamma1 is not None
+    views = method.views(torch.randint(0, 256, (4, 3, 20, 20), dtype=torch.uint8))
+    for progress in (0.0, 0.15, 0.6):
+        out = method.training_step(views, progress)
+        tt = method.teacher_temp(progress)
+        assert out.logs["patch_teacher_temp"] == out.logs["teacher_temp"] == tt
+    assert method.teacher_temp(0.0) == 0.04 and method.teacher_temp(0.6) == 0.07
+    t_cls, _ = method._teacher_out
+    assert len(t_cls) == 4                       # 2 global + 2 local crops
+    expected = 0.1 * torch.cat(t_cls).mean(0)    # centre starts at 0, momentum 0.9
+    method.after_optimizer_step(0.6)
+    assert torch.allclose(method.center, expected, atol=1e-6)
+    # a fixed patch temperature stays available (the earlier behaviour)
+    fixed = SelfPatch(vit, SelfPatchConfig(out_dim=32, hidden_dim=16, bottleneck_dim=8,
+                                           patch_out_dim=16, n_local_crops=2, local_size=12,
+                                           patch_teacher_temp=0.04), ViewConfig(size=16))
+    assert fixed.training_step(views, 0.6).logs["patch_teacher_temp"] == 0.04
+
+
+def test_head_batchnorm_takes_tokens():
+    """The patch head runs on [B, n, D] tokens: with BatchNorm they pass as B * n rows."""
+    from selfsup.methods.dino import DINOHead
+    torch.manual_seed(0)
+    head = DINOHead(8, 16, 12, 4, bn=True)
+    x = torch.randn(2, 5, 8)
+    assert torch.allclose(head(x), head(x.reshape(10, 8)).reshape(2, 5, 16), atol=1e-6)

@@ -75,8 +75,10 @@ class DINOHead(nn.Module):
         return F.linear(self.bottleneck(x), w.detach() if freeze_last_layer else w)
 
     def bottleneck(self, x):
-        """The l2-normalised bottleneck embedding (what collapse metrics look at)."""
-        return F.normalize(self.mlp(x), dim=-1)
+        """The l2-normalised bottleneck embedding (what collapse metrics look at). Tokens
+        [B, n, D] go through as B * n rows (BatchNorm in the head statistics over all of them)."""
+        z = self.mlp(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+        return F.normalize(z, dim=-1)
 
 
 @METHODS.register("dino")

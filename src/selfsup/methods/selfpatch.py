@@ -12,9 +12,16 @@ Algorithm (paper, Sec. 3; alinlab/SelfPatch ``main_selfpatch.py``, ``SelfPatchHe
     teacher:  c_t = CA(P_t);  for each patch i, N(i) = its 8 neighbours in the 3x3 window
               (indices wrap around the borders), keep the top-k (k = 4) by cosine similarity of
               the teacher's tokens, y_i = CA_i(those k tokens)   (a per-patch class-attention query)
-    L = L_DINO(head(c_s), head_t(c_t))                               # globals only, as DINO
-      + 0.1 * mean_{views, i} CE(softmax((head'_t(y_i) - C') / 0.04), log_softmax(head'(z_s,i) / 0.1))
-      (same view for student and teacher; every crop, local ones included; own head and centre C')
+    L = L_DINO(head(c_s), head_t(c_t))                               # global targets, as DINO
+      + 0.1 * mean_{views, i} CE(softmax((head'_t(y_i) - C') / tau_t), log_softmax(head'(z_s,i) / 0.1))
+      (same view for student and teacher; every crop, local ones included; own head and centre C';
+      tau_t is the image term's warming-up teacher temperature, as the official DINOLoss uses one
+      schedule for both terms)
+    after the update: C <- 0.9 C + 0.1 mean of head_t(c_t) over every crop (the official
+      ``update_center`` takes the teacher outputs of all crops), C' likewise over every patch
+The class-attention blocks have no LayerScale (the official ``LayerScale_Block_CA`` applies
+none despite its name); ``layer_scale > 0`` adds CaiT's. ``head_bn`` puts BatchNorm in both heads'
+hidden layers: the small-scale setting that keeps DINO from collapsing (BENCHMARKS.md 3).
 The image representation is the class-attention token (``encoder``), the patch tokens are the
 ViT's (``encoder.forward_map``).
 """
@@ -30,7 +37,7 @@ from torch import nn
 from ..augment import ViewConfig
 from ..augment.multicrop import MultiCrop
 from ..losses import dino_center, dino_loss
-from ..losses.clustering import selfpatch_loss
+from ..losses.clustering import selfpatch_loss, target_diagnostics
 from ..nn.distributed import all_reduce_mean
 from ..nn.ema import cosine_momentum, ema_update, frozen_copy
 from . import METHODS
@@ -68,27 +75,32 @@ def top_k_neighbours(tokens: torch.Tensor, k: int, window: int = 3) -> torch.Ten
 
 class ClassAttentionBlock(nn.Module):
     """CaiT's class-attention block (Touvron et al., 2021): the query token attends to itself
-    and the given tokens; only the query is updated; LayerScale on both residuals."""
+    and the given tokens; only the query is updated. ``layer_scale`` > 0: CaiT's LayerScale on
+    both residuals (SelfPatch's official blocks have none: 0)."""
 
-    def __init__(self, dim: int, heads: int, layer_scale: float):
+    def __init__(self, dim: int, heads: int, layer_scale: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-        self.gamma1 = nn.Parameter(torch.full((dim,), layer_scale))
-        self.gamma2 = nn.Parameter(torch.full((dim,), layer_scale))
+        self.gamma1 = self.gamma2 = None
+        if layer_scale > 0:
+            self.gamma1 = nn.Parameter(torch.full((dim,), layer_scale))
+            self.gamma2 = nn.Parameter(torch.full((dim,), layer_scale))
 
     def forward(self, tokens: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         u = self.norm1(torch.cat([query, tokens], 1))
-        query = query + self.gamma1 * self.attn(u[:, :1], u, u, need_weights=False)[0]
-        return query + self.gamma2 * self.mlp(self.norm2(query))
+        a = self.attn(u[:, :1], u, u, need_weights=False)[0]
+        query = query + (a if self.gamma1 is None else self.gamma1 * a)
+        m = self.mlp(self.norm2(query))
+        return query + (m if self.gamma2 is None else self.gamma2 * m)
 
 
 class SelfPatchHead(nn.Module):
     """Class-attention blocks between the ViT and the DINO heads (``SelfPatchHead``)."""
 
-    def __init__(self, dim: int, heads: int, depth: int = 2, k: int = 4, layer_scale: float = 0.1):
+    def __init__(self, dim: int, heads: int, depth: int = 2, k: int = 4, layer_scale: float = 0.0):
         super().__init__()
         self.blocks = nn.ModuleList(ClassAttentionBlock(dim, heads, layer_scale)
                                     for _ in range(depth))
@@ -155,11 +167,11 @@ class SelfPatchConfig:
     # SelfPatch part
     patch_out_dim: int = 4096      # the patch head's own output dimension
     patch_weight: float = 0.1      # lambda of the patch loss
-    patch_teacher_temp: float = 0.04
+    patch_teacher_temp: float = 0.0  # 0 = the image term's schedule (official); > 0: fixed
     k: int = 4                     # neighbours kept of the 8
     ca_depth: int = 2              # class-attention blocks
-    layer_scale: float = 0.1       # their LayerScale init (CaiT uses 1e-5 in deep stacks; 2
-                                   # blocks trained briefly need their output to count early)
+    layer_scale: float = 0.0       # 0 = none (official); > 0: CaiT's LayerScale init
+    head_bn: bool = False          # BatchNorm in both heads (DINO's small-scale setting)
 
 
 @METHODS.register("selfpatch")
@@ -178,8 +190,9 @@ class SelfPatch(Method):
         d, heads = backbone.embed_dim, backbone.blocks[0].attn.num_heads
         self.backbone = backbone
         self.ca = SelfPatchHead(d, heads, cfg.ca_depth, cfg.k, cfg.layer_scale)
-        self.head = DINOHead(d, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim)
-        self.patch_head = DINOHead(d, cfg.patch_out_dim, cfg.hidden_dim, cfg.bottleneck_dim)
+        self.head = DINOHead(d, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.head_bn)
+        self.patch_head = DINOHead(d, cfg.patch_out_dim, cfg.hidden_dim, cfg.bottleneck_dim,
+                                   cfg.head_bn)
         self.teacher_backbone, self.teacher_ca = frozen_copy(backbone), frozen_copy(self.ca)
         self.teacher_head, self.teacher_patch_head = (frozen_copy(self.head),
                                                       frozen_copy(self.patch_head))
@@ -223,19 +236,22 @@ class SelfPatch(Method):
                 tc, tp = self.teacher_ca(self.teacher_backbone.patch_tokens(g),
                                          aggregate=True)
                 t_patch += list(self.teacher_patch_head(tp).split(n))
-                if not t_cls:   # image targets from the 2 global crops only
-                    t_cls = list(self.teacher_head(tc).split(n))
+                t_cls += list(self.teacher_head(tc).split(n))   # every crop: for the centre
         tt = self.teacher_temp(progress)
-        loss_img = dino_loss(s_cls, t_cls, self.center, cfg.student_temp, tt)
+        ptt = cfg.patch_teacher_temp or tt
+        # image targets from the 2 global crops only, as DINO
+        loss_img = dino_loss(s_cls, t_cls[:2], self.center, cfg.student_temp, tt)
         loss_patch = torch.stack([
-            selfpatch_loss(s, t, self.patch_center, cfg.student_temp, cfg.patch_teacher_temp)
+            selfpatch_loss(s, t, self.patch_center, cfg.student_temp, ptt)
             for s, t in zip(s_patch, t_patch)]).mean()
         loss = loss_img + cfg.patch_weight * loss_patch
         self._teacher_out = (t_cls, t_patch)
         with torch.no_grad():
             emb = self.head.bottleneck(first_cls[:n])
         return StepOutput(loss, {"loss": loss.item(), "loss_image": loss_img.item(),
-                                 "loss_patch": loss_patch.item(), "teacher_temp": tt},
+                                 "loss_patch": loss_patch.item(), "teacher_temp": tt,
+                                 "patch_teacher_temp": ptt,
+                                 **target_diagnostics(t_cls[0], self.center, tt)},
                           embeddings=emb)
 
     def after_optimizer_step(self, progress: float) -> None:
