@@ -8,7 +8,7 @@ from selfsup import backbones
 from selfsup.data import load_dataset
 from selfsup.data.dataset import ImageDataset
 from selfsup.evaluate.tasks import (dense_probe, hue_labels, mean_iou, mosaic_dataset,
-                                    patch_rows)
+                                    patch_rows, tile_rows)
 
 
 def digits():
@@ -62,6 +62,19 @@ def test_patch_rows_take_their_tile_label():
     assert mean_iou(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2) == (0.5 + 2 / 3) / 2
 
 
+def test_tile_rows_average_the_patches_of_each_tile():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(2, 3, 4, 4)).astype(np.float32)
+    maps = np.array([[[1, 2], [3, 4]], [[5, 6], [7, 8]]])
+    x, y = tile_rows(feats, maps)
+    assert x.shape == (8, 3) and y.tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
+    for n in range(2):                      # naive loop over tiles
+        for r in range(2):
+            for c in range(2):
+                ref = feats[n, :, 2 * r:2 * r + 2, 2 * c:2 * c + 2].mean((1, 2))
+                assert np.allclose(x[n * 4 + r * 2 + c], ref, atol=1e-6)
+
+
 def test_dense_probe_runs_on_a_vit():
     ds = digits()
     train, test = mosaic_dataset(ds, 40, seed=0), mosaic_dataset(ds, 20, seed=1)
@@ -70,6 +83,7 @@ def test_dense_probe_runs_on_a_vit():
     assert res["train_patches"] == 40 * 16 and res["test_patches"] == 20 * 16
     assert 0.0 <= res["patch_acc"] <= 1.0 and 0.0 <= res["patch_miou"] <= 1.0
     assert res["patch_acc"] > 0.15   # above chance (10 classes) even from a random ViT
+    assert 0.0 <= res["tile_acc"] <= 1.0
 
 
 def test_inputs_without_labels_are_refused():

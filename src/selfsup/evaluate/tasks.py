@@ -98,6 +98,18 @@ def patch_rows(feats: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndar
     return feats.transpose(0, 2, 3, 1).reshape(-1, d), labels.reshape(-1)
 
 
+def tile_rows(feats: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[N, D, g, g] features and [N, t, t] tile labels -> ([N*t*t, D], [N*t*t]): the mean of the
+    patch features inside each tile (g must be a multiple of t)."""
+    n, d, g, _ = feats.shape
+    t = maps.shape[1]
+    if g % t:
+        raise ValueError(f"a {g}x{g} patch grid does not split into {t}x{t} tiles")
+    k = g // t
+    pooled = feats.reshape(n, d, t, k, t, k).mean((3, 5))
+    return pooled.transpose(0, 2, 3, 1).reshape(-1, d), maps.reshape(-1)
+
+
 def mean_iou(pred: np.ndarray, true: np.ndarray, num_classes: int) -> float:
     ious = []
     for c in range(num_classes):
@@ -113,13 +125,18 @@ def dense_probe(encoder, train: tuple[ImageDataset, np.ndarray], test: tuple[Ima
     ``max_rows`` training patches (sampled by seed); L2 chosen on a validation split."""
     from .linear import linear_probe
 
-    xtr, ytr = patch_rows(patch_features(encoder, train[0], device=device), train[1])
-    xte, yte = patch_rows(patch_features(encoder, test[0], device=device), test[1])
+    ftr = patch_features(encoder, train[0], device=device)
+    fte = patch_features(encoder, test[0], device=device)
+    xtr, ytr = patch_rows(ftr, train[1])
+    xte, yte = patch_rows(fte, test[1])
     if len(ytr) > max_rows:
         keep = np.random.default_rng(seed).choice(len(ytr), max_rows, replace=False)
         xtr, ytr = xtr[keep], ytr[keep]
     res = linear_probe(xtr, ytr, xte, yte, seed=seed, return_predictions=True)
+    # the same probe on each tile's mean patch feature: whether the tokens carry the tile's
+    # class at all, with the per-patch noise averaged out
+    tiles = linear_probe(*tile_rows(ftr, train[1]), *tile_rows(fte, test[1]), seed=seed)
     return {"patch_acc": res["linear_acc"], "patch_miou": mean_iou(res["predictions"], yte,
                                                                    num_classes),
             "linear_C": res["linear_C"], "train_patches": int(len(ytr)),
-            "test_patches": int(len(yte))}
+            "test_patches": int(len(yte)), "tile_acc": tiles["linear_acc"]}
