@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from selfsup import rundir
 from selfsup.config import load_config
 from selfsup.evaluate.protocol import labeled_train_subset
 from selfsup.evaluate.tasks import dense_probe, mosaic_dataset
@@ -73,7 +74,7 @@ def main() -> None:
                 run_dir = Path(a.out_dir) / f"{name}-seed{seed}-{int(time.time())}"
                 _, summary = pretrain(cfg, run_dir, datasets=(unlabeled, None))
                 encoder, _ = load_encoder(run_dir)
-                logs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                logs, _ = rundir.read_jsonl(run_dir / "metrics.jsonl")
                 last = [r for r in logs if r["kind"] == "eval"][-1]
                 tail = [r for r in logs if r["kind"] == "train"][-50:]
                 extra = {"images_per_s": summary.get("images_per_s"),

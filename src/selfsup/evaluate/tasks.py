@@ -87,14 +87,19 @@ def patch_features(encoder, ds: ImageDataset, batch_size: int = 256, device="cpu
     return torch.cat(out).numpy()
 
 
+def patches_per_tile(grid: int, tiles: int) -> int:
+    """Patches along one side of a tile; a grid that does not split into the tiles is refused."""
+    if grid % tiles:
+        raise ValueError(f"a {grid}x{grid} patch grid does not split into {tiles}x{tiles} tiles")
+    return grid // tiles
+
+
 def patch_rows(feats: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[N, D, g, g] features and [N, t, t] tile labels -> ([N*g*g, D], [N*g*g]); patch (r, c)
     takes the label of the tile containing it (g must be a multiple of t)."""
     n, d, g, _ = feats.shape
-    t = maps.shape[1]
-    if g % t:
-        raise ValueError(f"a {g}x{g} patch grid does not split into {t}x{t} tiles")
-    labels = np.repeat(np.repeat(maps, g // t, axis=1), g // t, axis=2)
+    k = patches_per_tile(g, maps.shape[1])
+    labels = np.repeat(np.repeat(maps, k, axis=1), k, axis=2)
     return feats.transpose(0, 2, 3, 1).reshape(-1, d), labels.reshape(-1)
 
 
@@ -103,9 +108,7 @@ def tile_rows(feats: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarr
     patch features inside each tile (g must be a multiple of t)."""
     n, d, g, _ = feats.shape
     t = maps.shape[1]
-    if g % t:
-        raise ValueError(f"a {g}x{g} patch grid does not split into {t}x{t} tiles")
-    k = g // t
+    k = patches_per_tile(g, t)
     pooled = feats.reshape(n, d, t, k, t, k).mean((3, 5))
     return pooled.transpose(0, 2, 3, 1).reshape(-1, d), maps.reshape(-1)
 
