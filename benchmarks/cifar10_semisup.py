@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from selfsup.config import load_config
-from selfsup.pretrain import pretrain
+from selfsup.pretrain import config_diff, load_run_config, pretrain
 from selfsup.semisupervised import mpl_with_finetune, noisy_student, train_semisup
 
 BASE = "fixmatch_cifar10_cpu"
@@ -120,7 +120,7 @@ def main() -> None:
         if a.results == ap.get_default("results"):
             a.results = "benchmarks/results/cifar10_semisup_v2.jsonl"
         if a.out_dir == ap.get_default("out_dir"):
-            a.out_dir = "runs/cifar10_semisup_v2"
+            a.out_dir = "runs/cifar10_semisup_v2" + ("" if a.steps == 2000 else f"_{a.steps}steps")
     if a.v2:
         # Lee (2013) on the v2 footing: the unlabeled weight starts ramping once labels-only has
         # plateaued (step ~600 = 1.55 epochs of 128 unlabeled images per step over 49,500) and
@@ -169,11 +169,18 @@ def main() -> None:
                     if not (teacher / "model.safetensors").exists():
                         raise SystemExit(f"distill needs {teacher}: run the fixmatch variant first")
                     over = over + [f"method.teacher={teacher}"]
+                cfg = load_config(BASE, over)
                 if (out / "summary.json").exists():   # a finished run: its own training time
+                    old, new = load_run_config(out).to_dict(), cfg.to_dict()
+                    new["method"].setdefault("num_classes", old["method"].get("num_classes"))
+                    diff = config_diff(old, new)   # (num_classes: filled in from the data)
+                    if diff:   # e.g. a 2,000-step run where 8,000 steps were asked for
+                        raise SystemExit(f"{out} holds a finished run with other settings "
+                                         f"({', '.join(diff)}): pass another --out-dir")
                     s = json.loads((out / "summary.json").read_text())
                     t0 = time.time() - s.get("train_seconds", 0.0)
                 else:
-                    _, s = train_semisup(load_config(BASE, over), out, init=init)
+                    _, s = train_semisup(cfg, out, init=init)
                 emit(row(name, lpc, seed, s, time.time() - t0, **diagnostics(out),
                          **({"init": str(init)} if init else {})))
 

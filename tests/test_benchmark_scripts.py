@@ -109,3 +109,26 @@ def test_photo_folders_split_each_class_without_overlap(tmp_path):
     assert len(seen) == 33
     with pytest.raises(SystemExit, match="class a: 12 images, 13 asked for"):
         photo_folders.write_folders(images, labels, ["a", "b", "c"], tmp_path / "x", 4, 5, 4)
+
+
+@pytest.mark.slow
+def test_semisup_benchmark_reuses_a_finished_run_only_with_the_same_settings(tiny_cifar, tmp_path):
+    """A finished run folder stands for its row only when its settings are the ones asked for:
+    a 4-step run must not be reported as the 6-step row (as happened with 2,000-step folders
+    under an 8,000-step request)."""
+    res = tmp_path / "r.jsonl"
+    base = ["benchmarks/cifar10_semisup.py", "--data", str(tiny_cifar), "--labels", "2",
+            "--seeds", "0", "--only", "supervised", "--out-dir", str(tmp_path / "runs"),
+            "--results", str(res), "--set", "data.val_per_class=2", "train.batch_size=8",
+            "train.eval_every=0"]
+    run(base + ["--steps", "4"], tmp_path)
+    run(base + ["--steps", "4"], tmp_path)          # reused: the same row again
+    rows = [json.loads(x) for x in res.read_text().splitlines()]
+    assert [r["steps"] for r in rows] == [4, 4] and rows[0]["test_acc_final"] == \
+        rows[1]["test_acc_final"]
+    env = {"SELFSUP_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, *base, "--steps", "6"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert out.returncode != 0 and "train.steps" in out.stderr and "--out-dir" in out.stderr
+    assert len(res.read_text().splitlines()) == 2

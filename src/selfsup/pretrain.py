@@ -158,6 +158,15 @@ RESUMABLE_KEYS = ("progress", "out_dir", "overwrite", "time_limit", "checkpoint_
                   "allow_data_change", "compile")
 
 
+def config_diff(old: dict, new: dict) -> list[str]:
+    """The settings ("section.key") in which two saved configurations differ, leaving out those
+    a run may change when it is resumed (RESUMABLE_KEYS)."""
+    return sorted(f"{s}.{k}" for s in set(old) | set(new)
+                  for k in set(old.get(s, {})) | set(new.get(s, {}))
+                  if old.get(s, {}).get(k) != new.get(s, {}).get(k)
+                  and not (s == "train" and k in RESUMABLE_KEYS))
+
+
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, kind: str = "run") -> None:
     """Create and lock the run directory, or check that an existing one is this same run
     (resume). A finished run is replaced only with ``train.overwrite`` (CLI ``--overwrite``); a
@@ -192,11 +201,7 @@ def _prepare_locked(cfg: RunConfig, run_dir: Path, kind: str) -> None:
     old = _saved_config(run_dir) if cfg_path.exists() or (run_dir / "checkpoints").exists() \
         else None
     if old is not None:
-        new = cfg.to_dict()
-        diff = sorted(f"{s}.{k}" for s in set(old) | set(new)
-                      for k in set(old.get(s, {})) | set(new.get(s, {}))
-                      if old.get(s, {}).get(k) != new.get(s, {}).get(k)
-                      and not (s == "train" and k in RESUMABLE_KEYS))
+        diff = config_diff(old, cfg.to_dict())
         if diff:
             raise RunDirError(f"{run_dir} holds a run with a different configuration "
                               f"(differs in: {', '.join(diff)}); choose another train.out_dir")
