@@ -52,7 +52,11 @@ def main(path: str = "benchmarks/results/cifar10_semisup_v2.jsonl") -> None:
             print(f"| {NAMES[v]} | {','.join(map(str, seeds))} | {f('test_acc_final')} | "
                   f"{f('test_acc_median_last')} | {f('test_acc_at_best_val')} | {paired} | "
                   f"{diag('mask_last10')} | {pl} |")
-        print("\nLearning curves (test accuracy % at steps 200, 400, ..., 2000; seed by seed):\n")
+        steps = sorted({r["steps"] for v in NAMES for r in by.get((v, labels), {}).values()})
+        every = sorted({c[0] for v in NAMES for r in by.get((v, labels), {}).values()
+                        for c in r.get("curve", [])[:1]})
+        print(f"\nLearning curves (test accuracy % every {'/'.join(map(str, every))} steps up to "
+              f"{'/'.join(map(str, steps))}; seed by seed):\n")
         for v in NAMES:
             for s, r in sorted(by.get((v, labels), {}).items()):
                 if r.get("curve"):
