@@ -26,11 +26,14 @@ from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.linear import linear_probe
 from selfsup.evaluate.protocol import labeled_train_subset, raw_pixel_features
 from selfsup.evaluate.tasks import hue_labels
-from selfsup.pretrain import build_backbone, load_data, load_encoder
+from selfsup.pretrain import build_backbone, load_data, load_encoder, load_run_config
 
 
-def newest_run(out_dir: Path, variant: str, seed: int) -> Path | None:
-    done = sorted(p.parent for p in out_dir.glob(f"{variant}-seed{seed}-*/encoder.safetensors"))
+def newest_run(out_dir: Path, variant: str, seed: int, steps: int) -> Path | None:
+    """The newest finished run of this variant and seed trained for ``steps`` (a 4x run of the
+    protocol lives in the same folder and must not stand in for the 1x one)."""
+    done = sorted(p.parent for p in out_dir.glob(f"{variant}-seed{seed}-*/encoder.safetensors")
+                  if load_run_config(p.parent).train.steps == steps)
     return done[-1] if done else None
 
 
@@ -40,6 +43,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--bins", type=int, default=6)
     ap.add_argument("--runs", default="runs/cifar10_protocol")
+    ap.add_argument("--steps", type=int, default=600, help="the pretraining steps of the runs "
+                    "to probe (the protocol's 600)")
     ap.add_argument("--results", default="benchmarks/results/augself_color.jsonl")
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -60,14 +65,15 @@ def main() -> None:
                     torch.manual_seed(seed)
                     enc = build_backbone(base)
                 else:
-                    run = newest_run(Path(a.runs), variant, seed)
+                    run = newest_run(Path(a.runs), variant, seed, a.steps)
                     if run is None:
-                        raise SystemExit(f"no finished {variant} run of seed {seed} in {a.runs}: "
-                                         f"run cifar10_protocol.py --only {variant} first")
+                        raise SystemExit(f"no finished {a.steps}-step {variant} run of seed "
+                                         f"{seed} in {a.runs}: run cifar10_protocol.py --only "
+                                         f"{variant} --steps {a.steps} first")
                     enc, _ = load_encoder(run)
                 ftr, fte = extract_features(enc, probe), extract_features(enc, test_ds)
             res = linear_probe(ftr, y_train, fte, y_test, seed=seed)
-            row = {"variant": variant, "seed": seed, "task": f"hue{a.bins}",
+            row = {"variant": variant, "seed": seed, "task": f"hue{a.bins}", "steps": a.steps,
                    "hue_acc": res["linear_acc"], "linear_C": res["linear_C"],
                    "majority": float(counts.max() / len(y_test)),
                    "seconds": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d %H:%M")}

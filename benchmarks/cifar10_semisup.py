@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from selfsup.config import load_config
-from selfsup.pretrain import config_diff, load_run_config, pretrain
+from selfsup.pretrain import RunDirError, pretrain, reusable_run
 from selfsup.semisupervised import mpl_with_finetune, noisy_student, train_semisup
 
 BASE = "fixmatch_cifar10_cpu"
@@ -60,12 +60,16 @@ VARIANTS = {
 
 
 def simclr_run(simclr_dir: Path, data: str, seed: int) -> Path:
-    """The newest finished SimCLR CPU-protocol run of this seed, or a new one."""
-    done = sorted(p.parent for p in simclr_dir.glob(f"simclr-seed{seed}-*/encoder.safetensors"))
-    if done:
-        return done[-1]
+    """The newest finished SimCLR CPU-protocol run of this seed with the preset's settings, or a
+    new one."""
     cfg = load_config("simclr_cifar10_cpu", [f"data.path={data}", f"train.seed={seed}",
                                              "eval.monitor=false", "train.progress=false"])
+    for run in sorted(simclr_dir.glob(f"simclr-seed{seed}-*"), reverse=True):
+        try:
+            if reusable_run(run, cfg):     # not a 4x run or one with other settings
+                return run
+        except RunDirError:
+            continue
     run, _ = pretrain(cfg, simclr_dir / f"simclr-seed{seed}-{int(time.time())}")
     return run
 
@@ -170,13 +174,7 @@ def main() -> None:
                         raise SystemExit(f"distill needs {teacher}: run the fixmatch variant first")
                     over = over + [f"method.teacher={teacher}"]
                 cfg = load_config(BASE, over)
-                if (out / "summary.json").exists():   # a finished run: its own training time
-                    old, new = load_run_config(out).to_dict(), cfg.to_dict()
-                    new["method"].setdefault("num_classes", old["method"].get("num_classes"))
-                    diff = config_diff(old, new)   # (num_classes: filled in from the data)
-                    if diff:   # e.g. a 2,000-step run where 8,000 steps were asked for
-                        raise SystemExit(f"{out} holds a finished run with other settings "
-                                         f"({', '.join(diff)}): pass another --out-dir")
+                if reusable_run(out, cfg):   # a finished run: its own training time
                     s = json.loads((out / "summary.json").read_text())
                     t0 = time.time() - s.get("train_seconds", 0.0)
                 else:
@@ -186,4 +184,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RunDirError as e:
+        raise SystemExit(f"{e} (--out-dir)") from None

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from selfsup.config import load_config
-from selfsup.pretrain import load_data
+from selfsup.pretrain import load_data, reusable_run
 from selfsup.semisupervised import accuracy, load_classifier, train_semisup
 
 BASE = "fixmatch_cifar10_cpu"
@@ -58,7 +58,7 @@ def main() -> None:
                 test_ds = load_data(cfg, "test", False)
             out = Path(a.out_dir) / f"{mode}-{a.transform}-l{a.labels}-seed{seed}"
             t0 = time.time()
-            if (out / "summary.json").exists():
+            if reusable_run(out, cfg):     # raises when the folder holds other settings
                 s = json.loads((out / "summary.json").read_text())
             else:
                 _, s = train_semisup(cfg, out)

@@ -167,6 +167,23 @@ def config_diff(old: dict, new: dict) -> list[str]:
                   and not (s == "train" and k in RESUMABLE_KEYS))
 
 
+def reusable_run(run_dir: str | Path, cfg: RunConfig) -> bool:
+    """Whether ``run_dir`` holds a finished run made with ``cfg``'s settings, so a benchmark may
+    report it instead of training again. A finished run with other settings raises RunDirError
+    naming them (a 2,000-step folder must never stand for an 8,000-step row). Settings filled in
+    from the data when training starts (method.num_classes) are taken from the saved run."""
+    run_dir = Path(run_dir)
+    if not run_finished(run_dir):
+        return False
+    old, new = load_run_config(run_dir).to_dict(), cfg.to_dict()
+    new.setdefault("method", {}).setdefault("num_classes", old.get("method", {}).get("num_classes"))
+    diff = config_diff(old, new)
+    if diff:
+        raise RunDirError(f"{run_dir} holds a finished run with other settings (differs in: "
+                          f"{', '.join(diff)}); give the benchmark another output folder")
+    return True
+
+
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, kind: str = "run") -> None:
     """Create and lock the run directory, or check that an existing one is this same run
     (resume). A finished run is replaced only with ``train.overwrite`` (CLI ``--overwrite``); a
