@@ -162,3 +162,26 @@ def test_threshold_state_survives_kill_and_resume_bit_for_bit(name, tmp_path):
     # pseudo-label accuracy against the hidden true labels is logged
     assert train_rows and all("pl_acc" in r and 0 <= r["pl_acc"] <= 1 for r in train_rows)
     assert sa["test_acc_final"] == sb["test_acc_final"]
+
+
+def test_freematch_threshold_state_moves_under_bfloat16_autocast():
+    """Under bf16 autocast the weak logits are bfloat16; the EMAs must still move as in float32
+    (they once were cast to bfloat16 and stalled: tau stuck at 0.25, p~ and h at 1/C)."""
+    cls = METHODS.get("freematch")
+    torch.manual_seed(0)
+    runs = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        m = cls(backbones.create("convnet", width=0.25), cls.Config(num_classes=10))
+        gen = torch.Generator().manual_seed(3)
+        for _ in range(1500):
+            w = torch.randn(32, 10, generator=gen) * 4
+            w[:, 0] += 2.0                      # an unbalanced model: p~ must leave 1/C
+            m.unlabeled_loss(w.to(dtype), torch.randn(32, 10).to(dtype), None, 0)
+            m.after_optimizer_step(0.5)
+        runs[name] = m
+    a, b = runs["fp32"], runs["bf16"]
+    assert b.time_p.dtype == torch.float32 and float(a.time_p) > 0.5
+    assert abs(float(a.time_p) - float(b.time_p)) < 2e-3
+    assert torch.allclose(a.p_model, b.p_model, atol=2e-3)
+    assert torch.allclose(a.label_hist, b.label_hist, atol=5e-3)
+    assert float(b.p_model[0]) > 0.15          # not stuck at 1/C

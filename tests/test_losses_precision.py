@@ -33,3 +33,45 @@ def test_loss_keeps_float64(name):
     assert hi.dtype == torch.float64 and lo.dtype == torch.float32
     assert torch.allclose(hi.float(), lo, rtol=1e-4, atol=1e-5)
     assert LOSSES[name](torch.bfloat16).dtype == torch.float32
+
+
+# semi-supervised losses and state: bfloat16 logits (what autocast hands them) are computed in
+# float32; FreeMatch's threshold EMAs once ran in bfloat16 and stalled (tau stuck at 0.25: with
+# m = 0.999 the increment (1 - m) x < half a bfloat16 step at 0.25, and 0.999 itself rounds to 1)
+from selfsup.losses.semisup import (class_threshold_loss, fixmatch_loss,  # noqa: E402
+                                    freematch_ema, freematch_fairness_loss, kd_loss,
+                                    pseudo_label_loss, soft_target_loss, uda_loss)
+
+W, S = torch.randn(16, 10, generator=g) * 3, torch.randn(16, 10, generator=g)
+SEMI = {
+    "pseudo_label": lambda d: pseudo_label_loss(W.to(d), S.to(d), 0.5)[0],
+    "fixmatch": lambda d: fixmatch_loss(W.to(d), S.to(d), 0.5)[0],
+    "class_threshold": lambda d: class_threshold_loss(W.to(d), S.to(d), torch.full((10,), 0.5))[0],
+    "kd": lambda d: kd_loss(S.to(d), W.to(d)),
+    "soft_target": lambda d: soft_target_loss(S.to(d), W.softmax(1).to(d)),
+    "uda": lambda d: uda_loss(W.to(d), S.to(d), 0.7, 0.6)[0],
+    "freematch_fairness": lambda d: freematch_fairness_loss(
+        S.to(d), torch.ones(16), torch.full((10,), 0.1), torch.full((10,), 0.1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEMI))
+def test_semisup_loss_float32_for_half_precision_logits(name):
+    lo, hi = SEMI[name](torch.float32), SEMI[name](torch.float64)
+    assert hi.dtype == torch.float64 and lo.dtype == torch.float32
+    assert torch.allclose(hi.float(), lo, rtol=1e-4, atol=1e-5)
+    assert SEMI[name](torch.bfloat16).dtype == torch.float32
+
+
+def test_freematch_state_moves_under_bfloat16_probs_as_in_float32():
+    gen = torch.Generator().manual_seed(1)
+    state = {d: (torch.tensor(0.1), torch.full((10,), 0.1), torch.full((10,), 0.1))
+             for d in ("fp32", "bf16")}
+    for _ in range(2000):
+        probs = (torch.randn(64, 10, generator=gen) * 4).softmax(1)
+        state["fp32"] = freematch_ema(*state["fp32"], probs, 0.999)
+        state["bf16"] = freematch_ema(*state["bf16"], probs.bfloat16(), 0.999)
+    for a, b in zip(state["fp32"], state["bf16"]):
+        assert b.dtype == torch.float32
+        assert torch.allclose(a, b, atol=2e-3), (a, b)   # bf16 inputs: ~3 significant digits
+    assert state["fp32"][0] > 0.5     # tau went well past the 0.25 where bfloat16 stalled

@@ -3,13 +3,17 @@
 References: Lee (2013) Pseudo-Label; Oliver et al. (2018) thresholded pseudo-labelling baseline;
 Sohn et al. (2020) FixMatch; Hinton et al. (2015) distillation; Xie et al. (2020) UDA;
 Pham et al. (2021) Meta Pseudo Labels; Zhang et al. (2021) FlexMatch; Wang et al. (2023) FreeMatch.
-Losses compute in their input's precision (float64 checks run in float64).
+Losses compute in their input's precision (float64 checks run in float64); half-precision inputs
+(what bf16/fp16 autocast hands them) are computed in float32, as the joint-embedding losses are:
+a softmax, a 0.95 threshold or an EMA with momentum 0.999 is not representable in bfloat16.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ._precision import at_least_float32 as f32
 
 
 def lee2013_alpha(epoch: float, alpha_f: float = 3.0, t1: float = 100.0,
@@ -40,6 +44,7 @@ def pseudo_label_loss(logits_target: torch.Tensor, logits_pred: torch.Tensor,
     Returns (loss, mask): mask[i] = 1 when max softmax(logits_target[i]) >= threshold; loss is
     the masked CE averaged over **all** N samples (FixMatch, Sec. 3.2), not over the kept ones.
     """
+    logits_target, logits_pred = f32(logits_target), f32(logits_pred)
     with torch.no_grad():
         probs = logits_target.detach().softmax(dim=1)
         conf, target = probs.max(dim=1)
@@ -62,6 +67,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     """Hinton et al. (2015): T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch.
     The T^2 keeps the gradient's scale independent of T. Shapes [N, C]."""
     t = temperature
+    student_logits, teacher_logits = f32(student_logits), f32(teacher_logits)
     log_p_s = F.log_softmax(student_logits / t, dim=1)
     p_t = F.softmax(teacher_logits.detach() / t, dim=1)
     return F.kl_div(log_p_s, p_t, reduction="batchmean") * t * t
@@ -70,6 +76,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 def soft_target_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy with soft targets: mean_i -sum_c targets[i,c] log softmax(logits)[i,c].
     Shapes [N, C]; rows of ``targets`` sum to 1 (one-hot rows give ordinary CE)."""
+    logits, targets = f32(logits), f32(targets)
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
@@ -80,6 +87,7 @@ def uda_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, temperature
     *sharpened* probability is >= ``threshold`` (as google-research/meta_pseudo_labels
     ``build_uda_cross_entropy`` does); soft CE against the strong view, averaged over all samples.
     Shapes [N, C]; returns (loss, mask)."""
+    logits_weak, logits_strong = f32(logits_weak), f32(logits_strong)
     with torch.no_grad():
         target = (logits_weak.detach() / temperature).softmax(dim=1)
         mask = (target.max(dim=1).values >= threshold).to(target.dtype)
@@ -119,6 +127,7 @@ def class_threshold_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor,
     """FixMatch's loss with a threshold per predicted class (FlexMatch, FreeMatch):
     (1/N) sum_n 1[max q_n >= T(argmax q_n)] CE(argmax q_n, strong_n), q = softmax(weak logits).
     Shapes [N, C] and [C]; returns (loss, mask [N])."""
+    logits_weak, logits_strong = f32(logits_weak), f32(logits_strong)
     with torch.no_grad():
         probs = logits_weak.detach().softmax(dim=1)
         conf, target = probs.max(dim=1)
@@ -135,7 +144,8 @@ def freematch_ema(time_p: torch.Tensor, p_model: torch.Tensor, label_hist: torch
     (local, per class), h_t = m h_{t-1} + (1 - m) hist(argmax q_b) (pseudo-label histogram,
     for the fairness loss). Initial values: tau = 1/C, p~ = h = 1/C. probs_weak [N, C]."""
     m = momentum
-    q = probs_weak.detach()
+    q = f32(probs_weak.detach())
+    time_p, p_model, label_hist = f32(time_p), f32(p_model), f32(label_hist)
     hist = torch.bincount(q.argmax(dim=1), minlength=q.shape[1]).to(q.dtype)
     return (m * time_p + (1 - m) * q.max(dim=1).values.mean(),
             m * p_model + (1 - m) * q.mean(dim=0),
@@ -154,6 +164,7 @@ def freematch_fairness_loss(logits_strong: torch.Tensor, mask: torch.Tensor,
     that pass the mask, p_s their mean softmax and h_s the histogram of their argmax
     (b = SumNorm(p_s / h_s); classes with no prediction get weight 0). Zero when no view passes."""
     keep = mask.bool()
+    logits_strong = f32(logits_strong)
     if not keep.any():
         return logits_strong.sum() * 0.0
     prob_s = logits_strong[keep].softmax(dim=1)

@@ -45,10 +45,9 @@ class FreeMatch(FixMatch):
         self._pending = None
 
     def unlabeled_loss(self, logits_w, logits_s, batch, n_l):
-        probs = logits_w.detach().softmax(1)
-        time_p, p_model, hist = freematch_ema(self.time_p.to(probs.dtype),
-                                              self.p_model.to(probs.dtype),
-                                              self.label_hist.to(probs.dtype), probs,
+        # the state stays float32 under bf16 autocast (cast to bfloat16, tau stalled at 0.25)
+        probs = logits_w.detach().float().softmax(1)
+        time_p, p_model, hist = freematch_ema(self.time_p, self.p_model, self.label_hist, probs,
                                               self.cfg.ema_p)
         self._pending = (time_p, p_model, hist)
         thr = freematch_thresholds(time_p, p_model)
