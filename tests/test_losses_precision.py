@@ -1,6 +1,9 @@
 """Every joint-embedding loss computes in its input's precision: float64 in -> float64 out, equal
 to the float32 result to float32 accuracy (the losses once called .float(), so float64 checks
-silently ran in float32); half precision is computed in float32."""
+silently ran in float32); half precision is computed in float32. The same holds for the
+semi-supervised losses and FreeMatch's threshold state, which once ran in bfloat16 under autocast
+and stalled (tau stuck at 0.25: with m = 0.999 the increment (1 - m) x is below half a bfloat16
+step there, and 0.999 itself rounds to 1)."""
 
 import pytest
 import torch
@@ -9,9 +12,13 @@ from selfsup.losses import (barlow_twins_loss, byol_loss, dino_loss, info_nce, n
                             nt_xent, sinkhorn, supcon, swav_loss, vicreg_loss)
 from selfsup.losses.clustering import selfpatch_loss
 from selfsup.losses.noncontrastive import feature_distillation_loss
+from selfsup.losses.semisup import (class_threshold_loss, fixmatch_loss, freematch_ema,
+                                    freematch_fairness_loss, kd_loss, pseudo_label_loss,
+                                    soft_target_loss, uda_loss)
 
 g = torch.Generator().manual_seed(0)
 A, B, C = (torch.randn(8, 6, generator=g) for _ in range(3))
+W, S = torch.randn(16, 10, generator=g) * 3, torch.randn(16, 10, generator=g)
 LOSSES = {
     "nt_xent": lambda d: nt_xent(A.to(d), B.to(d), 0.5),
     "info_nce": lambda d: info_nce(A.to(d), B.to(d), C.to(d), 0.2),
@@ -24,26 +31,7 @@ LOSSES = {
     "dino": lambda d: dino_loss([A.to(d), B.to(d)], [B.to(d)], torch.zeros(6, dtype=d), 0.1, 0.04),
     "selfpatch": lambda d: selfpatch_loss(A.to(d), B.to(d), torch.zeros(6, dtype=d), 0.1, 0.04),
     "feature_distillation": lambda d: feature_distillation_loss(A.to(d), B.to(d)),
-}
-
-
-@pytest.mark.parametrize("name", sorted(LOSSES))
-def test_loss_keeps_float64(name):
-    lo, hi = LOSSES[name](torch.float32), LOSSES[name](torch.float64)
-    assert hi.dtype == torch.float64 and lo.dtype == torch.float32
-    assert torch.allclose(hi.float(), lo, rtol=1e-4, atol=1e-5)
-    assert LOSSES[name](torch.bfloat16).dtype == torch.float32
-
-
-# semi-supervised losses and state: bfloat16 logits (what autocast hands them) are computed in
-# float32; FreeMatch's threshold EMAs once ran in bfloat16 and stalled (tau stuck at 0.25: with
-# m = 0.999 the increment (1 - m) x < half a bfloat16 step at 0.25, and 0.999 itself rounds to 1)
-from selfsup.losses.semisup import (class_threshold_loss, fixmatch_loss,  # noqa: E402
-                                    freematch_ema, freematch_fairness_loss, kd_loss,
-                                    pseudo_label_loss, soft_target_loss, uda_loss)
-
-W, S = torch.randn(16, 10, generator=g) * 3, torch.randn(16, 10, generator=g)
-SEMI = {
+    # semi-supervised: the logits autocast hands them
     "pseudo_label": lambda d: pseudo_label_loss(W.to(d), S.to(d), 0.5)[0],
     "fixmatch": lambda d: fixmatch_loss(W.to(d), S.to(d), 0.5)[0],
     "class_threshold": lambda d: class_threshold_loss(W.to(d), S.to(d), torch.full((10,), 0.5))[0],
@@ -55,12 +43,12 @@ SEMI = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(SEMI))
-def test_semisup_loss_float32_for_half_precision_logits(name):
-    lo, hi = SEMI[name](torch.float32), SEMI[name](torch.float64)
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_loss_keeps_float64(name):
+    lo, hi = LOSSES[name](torch.float32), LOSSES[name](torch.float64)
     assert hi.dtype == torch.float64 and lo.dtype == torch.float32
     assert torch.allclose(hi.float(), lo, rtol=1e-4, atol=1e-5)
-    assert SEMI[name](torch.bfloat16).dtype == torch.float32
+    assert LOSSES[name](torch.bfloat16).dtype == torch.float32
 
 
 def test_freematch_state_moves_under_bfloat16_probs_as_in_float32():
