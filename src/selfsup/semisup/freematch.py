@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..losses._precision import at_least_float32
 from ..losses.semisup import (class_threshold_loss, freematch_ema, freematch_fairness_loss,
                               freematch_thresholds)
 from ..methods import METHODS
@@ -46,7 +47,7 @@ class FreeMatch(FixMatch):
 
     def unlabeled_loss(self, logits_w, logits_s, batch, n_l):
         # the state stays float32 under bf16 autocast (cast to bfloat16, tau stalled at 0.25)
-        probs = logits_w.detach().float().softmax(1)
+        probs = at_least_float32(logits_w.detach()).softmax(1)
         time_p, p_model, hist = freematch_ema(self.time_p, self.p_model, self.label_hist, probs,
                                               self.cfg.ema_p)
         self._pending = (time_p, p_model, hist)
