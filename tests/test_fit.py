@@ -172,3 +172,28 @@ def test_fit_then_predict_and_export(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "exp"), str(tst), "-o", str(tmp_path / "pe.csv")]) == 0
     rows_e = list(csv.DictReader((tmp_path / "pe.csv").open()))
     assert [r["unknown"] for r in rows_e] == [r["unknown"] for r in rows]
+
+
+def test_time_step_measures_in_the_layout_the_loop_trains_in(monkeypatch):
+    """The budget is planned from ``time_step``; the loop trains channels-last unless
+    model.channels_last=false, so the step must be timed in that layout (timed in the default
+    one it measured ~1.3x slower than fit's stages then ran, and fit left a sixth of the budget
+    unused). Each timed step converts its views exactly when the loop would."""
+    import torch
+
+    from selfsup import fitplan
+
+    calls = []
+    real = fitplan.channels_last_views
+    monkeypatch.setattr(fitplan, "channels_last_views",
+                        lambda views: calls.append(1) or real(views))
+    c = choose(40, 400, 32, "cpu", None)
+    c.ssl_steps = c.steps = 10
+    _, semi = fitplan._stage_configs(c, ["train.precision=fp32"], 0)
+    x = torch.randint(0, 256, (c.batch + int(c.uratio * c.batch), 3, 32, 32), dtype=torch.uint8)
+    y = torch.cat([torch.zeros(c.batch, dtype=torch.long), torch.full((len(x) - c.batch,), -1)])
+    assert semi.model.channels_last and fitplan.time_step(semi, x, y, n=2) > 0
+    assert len(calls) == 3                       # the warm-up step and the two timed ones
+    calls.clear()
+    off = fitplan.apply_overrides(semi, ["model.channels_last=false"])
+    assert fitplan.time_step(off, x, y, n=2) > 0 and not calls

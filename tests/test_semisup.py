@@ -233,3 +233,24 @@ def test_fixmatch_digits_end_to_end_and_resume(tmp_path):
         assert torch.allclose(va, vb, atol=1e-6), k
     assert summary_b["test_acc_final"] == summary["test_acc_final"]
     assert isinstance(ma, Classifier)
+
+
+def test_test_curve_off_evaluates_the_test_set_once_at_the_end(tmp_path):
+    """eval.test_curve=false (what `fit` uses): validation at every evaluation, the test set
+    only after training, with the accuracy a curve-on run of the same seed reports at its end;
+    killed and resumed, the same."""
+    from selfsup.semisupervised import train_semisup
+
+    over = ["train.steps=20", "train.eval_every=10", "train.checkpoint_every=10",
+            "train.progress=false"]
+    _, on = train_semisup(load_config("fixmatch_digits", over), tmp_path / "on")
+    cfg = load_config("fixmatch_digits", over + ["eval.test_curve=false"])
+    off_dir, off = train_semisup(cfg, tmp_path / "off")
+    hist = json.loads((off_dir / "eval_history.json").read_text())
+    assert [("val_acc" in h, "test_acc" in h) for h in hist] == [(True, False), (True, True)]
+    assert off["test_acc_final"] == on["test_acc_final"]
+    assert off["val_acc_final"] == on["val_acc_final"]
+    _, partial = train_semisup(cfg, tmp_path / "killed", stop_after=10)
+    assert partial == {"stopped_at": 10}
+    _, resumed = train_semisup(cfg, tmp_path / "killed")
+    assert resumed["test_acc_final"] == on["test_acc_final"]

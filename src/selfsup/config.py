@@ -111,6 +111,9 @@ class EvalConfig:
                                      # 0 = the final features). RotNet's best is stage 2 of 4.
     median_last: int = 5             # semi-supervised: report the median test accuracy of the
                                      # last N evaluations (FixMatch: 20 checkpoints)
+    test_curve: bool = True          # semi-supervised: the test set at every evaluation (a
+                                     # learning curve); false: once, after training (`fit`: the
+                                     # user's budget goes to training, not to a test curve)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,

@@ -242,7 +242,7 @@ def _train_semisup_locked(cfg, run_dir, init, prepare, stop_after, main, device,
         row = {}
         if val_ds is not None:
             row["val_acc"] = accuracy(method.eval_model, val_ds, device)
-        if test_ds is not None:
+        if test_ds is not None and cfg.eval.test_curve:
             row["test_acc"] = accuracy(method.eval_model, test_ds, device)
         history.append(row)
         return row
@@ -271,6 +271,9 @@ def _train_semisup_locked(cfg, run_dir, init, prepare, stop_after, main, device,
     if "stopped_at" in result or not main:
         barrier()
         return run_dir, result
+    if test_ds is not None and not cfg.eval.test_curve and history:
+        history[-1]["test_acc"] = accuracy(method.eval_model, test_ds, device)   # once, at the end
+        rundir.write_json(hist_path, history, indent=None)
     summary = {"method": name, "seed": cfg.train.seed, **result,
                "train_seconds": time.time() - t0, "n_train": len(train_ds),
                "n_labeled": int((train_ds.labels >= 0).sum()),

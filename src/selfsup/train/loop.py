@@ -89,6 +89,12 @@ def cpu_has_fast_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+def channels_last_views(views) -> list:
+    """The image views in channels-last memory order (oneDNN's fast layout; the model is
+    converted with ``method.to(memory_format=torch.channels_last)``), other tensors as they are."""
+    return [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
+
+
 def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
           monitor: Callable[[torch.nn.Module], dict] | None = None,
           stop_after: int | None = None) -> dict:
@@ -283,8 +289,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
                          hidden=hidden[idx_t] if hidden is not None else None)
         views = method.views(x, info) if semi else method.views(x)
         if channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
-                     for v in views]
+            views = channels_last_views(views)
         t1 = time.perf_counter()
         # 3. loss
         with autocast:
