@@ -72,9 +72,9 @@ def replanned_steps(c: "Choices", ssl_steps_run: int, ssl_seconds: float,
         # 1 once planned 713 steps where 900 fitted and left a quarter of the budget unused)
         ratio = 1.0
     # a faster stage 1 does not make stage 2 faster than measured: stage 2 also evaluates on
-    # validation and test and updates an EMA model (bf16, 2026-11-30: stage 1 ran at 0.74x its
-    # measurement, stage 2 at 1.03x; scaled down, 1,108 steps were planned where 810 fitted, and
-    # the clock cut the learning-rate schedule at 73%)
+    # validation (then also on test) and updates an EMA model (bf16, 2026-11-30: stage 1 ran at
+    # 0.74x its measurement, stage 2 at 1.03x; scaled down, 1,108 steps were planned where 810
+    # fitted, and the clock cut the learning-rate schedule at 73%)
     ratio = max(1.0, ratio)
     lo_note = ""
     if labels_only_run and measured.get("semi") and labels_only_run[0] >= MIN_STEPS_TO_REPLAN:
