@@ -46,30 +46,6 @@ def test_replanning_stage2_never_assumes_it_runs_faster_than_measured():
     assert replanned_steps(c, 10, 10 * 2.0, 346)[0] == unscaled  # 10 steps: no re-scaling
 
 
-def test_replanning_the_semi_candidate_reads_how_the_labels_only_one_ran():
-    """After the labels-only candidate, the semi-supervised one is planned from how stage 2's own
-    loop ran: labels-only planned at 0.38 / 9 s per step and run at 1.2x that scales the
-    semi-supervised step by 1.2 (2026-12-01: planned from stage 1's 1.06x, FreeMatch ran at 1.21x
-    and the clock cut its schedule at 88%); faster never scales below stage 1's ratio; at most
-    1.5x; a run of a few steps is not read."""
-    c = choose(500, 5000, 30, "cpu", 600, lambda c: (0.4, 0.38), spent=lambda: 0.0)
-    lo_step = 0.38 / 9
-    base, _ = replanned_steps(c, 615, 615 * 0.4, 300, with_labels_only=False)
-    assert base == int(300 / 0.38)
-    slow, why = replanned_steps(c, 615, 615 * 0.4, 300, with_labels_only=False,
-                                labels_only_run=(900, 900 * lo_step * 1.2))
-    assert slow == int(300 / (0.38 * 1.2)) and "1.20x its planned step cost" in why
-    fast, _ = replanned_steps(c, 615, 615 * 0.4, 300, with_labels_only=False,
-                              labels_only_run=(900, 900 * lo_step * 0.8))
-    assert fast == base
-    capped, _ = replanned_steps(c, 615, 615 * 0.4, 300, with_labels_only=False,
-                                labels_only_run=(900, 900 * lo_step * 4.0))
-    assert capped == int(300 / (0.38 * 1.5))
-    few, _ = replanned_steps(c, 615, 615 * 0.4, 300, with_labels_only=False,
-                             labels_only_run=(20, 20 * lo_step * 4.0))
-    assert few == base
-
-
 def test_decide_keeps_labels_only_only_when_it_leads_by_more_than_one_standard_error():
     # the 2026-11-30 case: 48 vs 49 right out of 100 -> the semi-supervised model is kept
     semi = np.r_[np.ones(48), np.zeros(52)]

@@ -242,11 +242,8 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
         d = out / "candidates" / name
         if name != "labels_only" and len(order) == 2 and replan and not d.exists():
             left = usable - (time.time() - t_start)
-            lo = runs["labels_only"][1]
             c.steps, why = replanned_steps(c, ssl_summary["steps"], ssl_summary["train_seconds"],
-                                           left, with_labels_only=False,
-                                           labels_only_run=(lo.get("steps") or 0,
-                                                            lo.get("train_seconds") or 0.0))
+                                           left, with_labels_only=False)
             c.reasons["steps"] += f"; after the labels-only candidate{why}"
             write_json(out / "choices.json", c.__dict__)
         steps = c.labels_only_steps if name == "labels_only" else c.steps

@@ -50,20 +50,12 @@ def stage2_steps(seconds: float, s_semi: float, c: "Choices",
     return max(10, int(seconds / (s_semi * (1.0 + extra))))
 
 
-LABELS_ONLY_SCALE_MAX = 1.5   # at most this much slowdown is read from the labels-only run
-
-
 def replanned_steps(c: "Choices", ssl_steps_run: int, ssl_seconds: float,
-                    remaining: float, with_labels_only: bool = True,
-                    labels_only_run: tuple[int, float] | None = None) -> tuple[int, str]:
+                    remaining: float, with_labels_only: bool = True) -> tuple[int, str]:
     """Stage 2's steps for the ``remaining`` seconds, from the step times measured before stage 1
     (``c.reasons["measured_s_per_step"]``) scaled by how much slower stage 1 really ran (data
     path, evaluations included), and the reason in words. ``with_labels_only=False``: the
-    labels-only candidate has run already; the semi-supervised candidate gets all of it.
-    ``labels_only_run=(steps, seconds)``: how that candidate ran, in stage 2's own loop (data
-    path, EMA, evaluations, checkpoints), against the 1 / (1 + 2 uratio) of the measured
-    semi-supervised step it was planned at; a slower run scales the semi-supervised step up too
-    (by at most LABELS_ONLY_SCALE_MAX: on tiny data its few seconds are mostly start-up)."""
+    labels-only candidate has run already; the semi-supervised candidate gets all of it."""
     measured = c.reasons.get("measured_s_per_step") or {}
     real = ssl_seconds / max(1, ssl_steps_run)
     ratio = real / measured["ssl"] if measured.get("ssl") else 1.0
@@ -76,20 +68,11 @@ def replanned_steps(c: "Choices", ssl_steps_run: int, ssl_seconds: float,
     # 0.74x its measurement, stage 2 at 1.03x; scaled down, 1,108 steps were planned where 810
     # fitted, and the clock cut the learning-rate schedule at 73%)
     ratio = max(1.0, ratio)
-    lo_note = ""
-    if labels_only_run and measured.get("semi") and labels_only_run[0] >= MIN_STEPS_TO_REPLAN:
-        # stage 2's loop costs more per step than the timed step (2026-12-01, CIFAR-10: the
-        # labels-only candidate ran at 1.18x its planned cost and FreeMatch, planned from stage
-        # 1's 1.06x, at 1.21x: the clock cut its schedule at 88%)
-        planned = measured["semi"] / (1.0 + 2.0 * c.uratio)
-        lo_ratio = labels_only_run[1] / labels_only_run[0] / planned
-        ratio = max(ratio, min(LABELS_ONLY_SCALE_MAX, lo_ratio))
-        lo_note = f"; the labels-only candidate ran at {lo_ratio:.2f}x its planned step cost"
     steps = stage2_steps(max(5.0, remaining), (measured.get("semi") or real) * ratio, c,
                          with_labels_only)
     return steps, (f"; stage 1 ran at {real:.3f} s per step ({real / measured['ssl']:.2f}x the "
-                   f"measurement){lo_note}; scaled by {ratio:.2f}: {steps} steps for the "
-                   f"{remaining:.0f} s left" if measured.get("ssl") else f"; {steps} steps for the "
+                   f"measurement, scaled by {ratio:.2f}): {steps} steps for the {remaining:.0f} s "
+                   f"left" if measured.get("ssl") else f"; {steps} steps for the "
                    f"{remaining:.0f} s left")
 
 
