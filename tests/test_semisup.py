@@ -254,3 +254,41 @@ def test_test_curve_off_evaluates_the_test_set_once_at_the_end(tmp_path):
     assert partial == {"stopped_at": 10}
     _, resumed = train_semisup(cfg, tmp_path / "killed")
     assert resumed["test_acc_final"] == on["test_acc_final"]
+
+
+def test_ema_teacher_labels_the_weak_views_with_the_ema_model_in_eval_mode():
+    """method.ema_teacher=true (EMAN): the pseudo-labels and the mask come from the EMA model in
+    evaluation mode on the weak views; the trained network sees only labeled + strong views."""
+    from selfsup.losses.semisup import fixmatch_loss
+
+    torch.manual_seed(0)
+    cls = METHODS.get("fixmatch")
+    m = cls(backbones.create("convnet", width=0.25),
+            cls.Config(num_classes=3, threshold=0.0, ema_teacher=True))
+    with torch.no_grad():   # make the two networks disagree: the teacher always says class 2
+        m.ema.fc.weight.zero_()
+        m.ema.fc.bias.copy_(torch.tensor([0.0, 0.0, 9.0]))
+    batch = BatchInfo(torch.arange(8), torch.tensor([0, 1, 2, 0, -1, -1, -1, -1]))
+    weak, strong = torch.rand(8, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    seen = []
+    hook = m.model.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    out = m.training_step([weak, strong], 0.5, batch)
+    hook.remove()
+    assert seen == [8]                       # 4 labeled weak + 4 strong: no weak unlabeled views
+    logits_s = m.model(torch.cat([weak[:4], strong]))[4:]
+    want, mask = fixmatch_loss(m.ema.eval()(weak[4:]), logits_s, 0.0)
+    assert torch.allclose(torch.tensor(out.logs["loss_u"]), want, atol=1e-5)
+    assert torch.equal(m.ema(weak[4:]).argmax(1), torch.full((4,), 2))   # the teacher's labels
+
+
+def test_ema_update_averages_float_buffers_only_when_asked():
+    from selfsup.nn.ema import ema_update
+
+    a, b = torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
+    b.running_mean.fill_(1.0)
+    b.num_batches_tracked.fill_(7)
+    ema_update(a, b, 0.75, average_buffers=True)
+    assert torch.allclose(a.running_mean, torch.full((2,), 0.25))
+    assert int(a.num_batches_tracked) == 7
+    ema_update(a, b, 0.75)                   # the default copies them
+    assert torch.equal(a.running_mean, b.running_mean)

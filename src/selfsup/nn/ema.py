@@ -16,13 +16,19 @@ def cosine_momentum(progress: float, base: float = 0.996, final: float = 1.0) ->
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+def ema_update(target: nn.Module, online: nn.Module, momentum: float,
+               average_buffers: bool = False) -> None:
     """target <- momentum * target + (1 - momentum) * online, for parameters; buffers (BN running
-    statistics) are copied."""
+    statistics) are copied, or averaged the same way with ``average_buffers`` (EMAN, Cai et al.,
+    2021: the teacher's normalisation statistics then match its averaged weights; integer
+    buffers such as ``num_batches_tracked`` are still copied)."""
     for t, o in zip(target.parameters(), online.parameters()):
         t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
     for t, o in zip(target.buffers(), online.buffers()):
-        t.copy_(o)
+        if average_buffers and t.is_floating_point():
+            t.mul_(momentum).add_(o, alpha=1 - momentum)
+        else:
+            t.copy_(o)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

@@ -90,7 +90,8 @@ class SemiSupervisedMethod(Method):
 
     def after_optimizer_step(self, progress: float) -> None:
         if self.ema is not None:
-            ema_update(self.ema, self.model, self.ema_decay())
+            ema_update(self.ema, self.model, self.ema_decay(),
+                       average_buffers=bool(getattr(self.cfg, "ema_teacher", False)))
             self.ema_updates += 1
 
     def weak_and_strong(self, images, batch) -> list[torch.Tensor]:

@@ -7,6 +7,12 @@ Recipe (reference A.0): tau 0.95, lambda_u 1, mu 7, B 64, SGD Nesterov lr 0.03, 
 weights only, lr cos(7 pi k / 16 K), EMA 0.999 for evaluation, WRN-28-2. Labeled, weak and strong
 batches go through the network together so BatchNorm sees all of them (``use_cat``).
 
+``ema_teacher=true`` (EMAN, Cai et al., CVPR 2021, their FixMatch): the EMA model, in evaluation
+mode and with its BatchNorm statistics averaged like its weights, labels the weak views; only the
+labeled and strong views go through the trained network. The EMA model is the one evaluated, so
+early in a short run its pseudo-labels are the more accurate ones, and a step skips the backward
+pass over the weak views (about a third of the images).
+
 FlexMatch and FreeMatch (``flexmatch.py``, ``freematch.py``) share this step and replace only
 ``unlabeled_loss``: how the threshold is chosen.
 """
@@ -34,6 +40,7 @@ class FixMatchConfig:
     ema_decay: float = 0.999
     ra_ops: int = 2            # RandAugment operations per image
     cutout: float = 0.5        # max Cutout side / image side
+    ema_teacher: bool = False  # the EMA model labels the weak views (EMAN); false: the paper
 
 
 @METHODS.register("fixmatch")
@@ -54,9 +61,14 @@ class FixMatch(SemiSupervisedMethod):
         n_l, y = self.split(batch)
         weak, strong = views
         n_u = strong.shape[0]
-        logits = self.model(torch.cat([weak, strong]))   # [n_l + 2 n_u, C]
-        logits_l = logits[:n_l]
-        logits_w, logits_s = logits[n_l:n_l + n_u], logits[n_l + n_u:]
+        if self.cfg.ema_teacher and self.ema is not None:
+            logits = self.model(torch.cat([weak[:n_l], strong]))   # [n_l + n_u, C]
+            logits_l, logits_s = logits[:n_l], logits[n_l:]
+            logits_w = self.predict_logits(weak[n_l:])               # EMA model, eval mode
+        else:
+            logits = self.model(torch.cat([weak, strong]))   # [n_l + 2 n_u, C]
+            logits_l = logits[:n_l]
+            logits_w, logits_s = logits[n_l:n_l + n_u], logits[n_l + n_u:]
         loss_l = F.cross_entropy(logits_l, y)
         loss_u, mask, logs = self.unlabeled_loss(logits_w, logits_s, batch, n_l)
         loss = loss_l + self.cfg.lambda_u * loss_u + logs.pop("_extra_loss", 0.0)
