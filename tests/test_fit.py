@@ -23,10 +23,14 @@ def test_parse_budget():
 def test_choose_uses_the_budget_and_the_data():
     c = choose(500, 5000, 30, "cpu", 600, lambda c: (0.5, 0.25), spent=lambda: 100.0)
     assert isinstance(c, Choices) and c.image_size == 32 and c.backbone == "convnet"
-    # 500 s left after measuring: 45% to SimCLR; FixMatch and the labels-only candidate (same
-    # steps, a step costing 1 / (1 + 2 x uratio 4) of FixMatch's) share the rest
-    assert c.semisup_method == "freematch" and c.ssl_steps == int(0.45 * 500 / 0.5)
-    assert c.steps == int(0.55 * 500 / (0.25 * (1 + 1 / 9))) and "measuring" in c.reasons["steps"]
+    # 500 s left after measuring: 20% to SimCLR; FreeMatch with the EMA teacher and the
+    # labels-only candidate (same steps; a step trains on B images where FreeMatch's trains on
+    # B + 4B and runs the teacher forward on 4B more: 1 / (1 + 4 + 4/3)) share the rest
+    assert c.semisup_method == "freematch" and c.ema_teacher and c.ssl_steps == int(0.2 * 500 / 0.5)
+    assert c.steps == int(0.8 * 500 / (0.25 * (1 + 3 / 19))) and "measuring" in c.reasons["steps"]
+    lo = choose(500, 0, 30, "cpu", 600, lambda c: (0.5, 0.25), spent=lambda: 100.0)
+    assert lo.semisup_method == "supervised" and lo.ssl_steps == int(0.45 * 500 / 0.5)
+    assert not lo.ema_teacher
     c = choose(500, 0, 400, "cuda", None)
     assert (c.image_size, c.backbone, c.semisup_method) == (96, "resnet18", "supervised")
     assert choose(500, 0, 400, "cpu", None).image_size == 64
@@ -38,11 +42,11 @@ def test_replanning_stage2_never_assumes_it_runs_faster_than_measured():
     keeps an EMA model besides; a bf16 run planned 1,108 steps from a 0.74x stage 1 where 810
     fitted); a stage 1 of a few steps is not a measurement."""
     c = choose(500, 5000, 30, "cpu", 600, lambda c: (0.4, 0.38), spent=lambda: 0.0)
-    unscaled = int(346 / (0.38 * (1 + 1 / 9)))
+    unscaled = int(346 / (0.38 * (1 + 3 / 19)))
     fast, why = replanned_steps(c, 615, 615 * 0.3, 346)        # stage 1 at 0.75x its measurement
     assert fast == unscaled and "0.75x" in why and "scaled by 1.00" in why
     slow, _ = replanned_steps(c, 615, 615 * 0.6, 346)          # 1.5x: stage 2 assumed 1.5x too
-    assert slow == int(346 / (0.38 * 1.5 * (1 + 1 / 9)))
+    assert slow == int(346 / (0.38 * 1.5 * (1 + 3 / 19)))
     assert replanned_steps(c, 10, 10 * 2.0, 346)[0] == unscaled  # 10 steps: no re-scaling
 
 
@@ -197,3 +201,25 @@ def test_time_step_measures_in_the_layout_the_loop_trains_in(monkeypatch):
     calls.clear()
     off = fitplan.apply_overrides(semi, ["model.channels_last=false"])
     assert fitplan.time_step(off, x, y, n=2) > 0 and not calls
+
+
+def test_time_step_averages_the_progressive_resizing_schedule(monkeypatch):
+    """With train.progressive_side the planner times a step at each side the schedule visits
+    and weights it by the share of steps spent there (the early, small steps are cheaper)."""
+    import torch
+
+    from selfsup import fitplan
+
+    c = choose(40, 400, 32, "cpu", None)
+    c.ssl_steps = c.steps = 10
+    _, semi = fitplan._stage_configs(c, ["train.precision=fp32"], 0)
+    semi = fitplan.apply_overrides(semi, ["train.progressive_side=16",
+                                          "train.progressive_until=0.5"])
+    sides = []
+    real = fitplan.resize_views
+    monkeypatch.setattr(fitplan, "resize_views",
+                        lambda views, side, full: sides.append(side) or real(views, side, full))
+    x = torch.randint(0, 256, (c.batch + int(c.uratio * c.batch), 3, 32, 32), dtype=torch.uint8)
+    y = torch.cat([torch.zeros(c.batch, dtype=torch.long), torch.full((len(x) - c.batch,), -1)])
+    assert fitplan.time_step(semi, x, y, n=1) > 0
+    assert sorted(set(sides)) == [16, 20, 24, 28, 32] and sides.count(32) == 2

@@ -236,3 +236,49 @@ def test_compile_trains_like_eager_and_resumes_eagerly(tmp_path):
     a, b = encoder_state(eager_dir), encoder_state(run_dir)
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a)
+
+
+def test_progressive_side_grows_linearly_in_multiples_of_four_to_full_size():
+    from selfsup.train.loop import progressive_side
+
+    sides = [progressive_side(i / 100, 20, 32, 0.75) for i in range(101)]
+    assert sides[0] == 20 and sides[75:] == [32] * 26
+    assert all(a <= b for a, b in zip(sides, sides[1:])) and all(s % 4 == 0 for s in sides)
+    assert progressive_side(0.5, 20, 32, 0.75) == (20 + 12 * 0.5 / 0.75) // 4 * 4   # 28
+    assert progressive_side(0.1, 0, 32, 0.75) == 32       # off
+    assert progressive_side(0.1, 40, 32, 0.75) == 32      # never above full size
+
+
+def test_resize_views_scales_image_views_only():
+    from selfsup.train.loop import resize_views
+
+    big, small, idx = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 16, 16), torch.arange(2)
+    out = resize_views([big, small, idx], 24, 32)
+    assert out[0].shape[-2:] == (24, 24) and out[1].shape[-2:] == (12, 12) and out[2] is idx
+    flat = torch.full((1, 3, 32, 32), 0.3)
+    assert torch.allclose(resize_views([flat], 20, 32)[0], torch.full((1, 3, 20, 20), 0.3))
+    assert resize_views([big], 32, 32)[0] is big
+
+
+def test_progressive_resizing_trains_on_smaller_views_early_and_full_size_at_the_end(tmp_path):
+    """train.progressive_side: the training step sees views of the scheduled side; the run
+    ends at full size and resumes to the same weights as an uninterrupted run."""
+    cfg = tiny_cfg(tmp_path, "train.steps=8", "train.progressive_side=8",
+                   "train.progressive_until=0.5", "train.checkpoint_every=4")
+    ds = load_data(cfg, None, progress=False)
+    method = build_method(cfg)
+    seen = []
+    step = method.training_step
+    method.training_step = lambda views, *a, **k: (seen.append(views[0].shape[-1]),
+                                                  step(views, *a, **k))[1]
+    train(method, ds, cfg, Path(cfg.train.out_dir))
+    assert seen[0] == 8 and seen[-1] == 12 and seen == sorted(seen)
+    cfg_b = tiny_cfg(tmp_path / "b", "train.steps=8", "train.progressive_side=8",
+                     "train.progressive_until=0.5", "train.checkpoint_every=4")
+    pretrain(cfg_b, Path(cfg_b.train.out_dir), stop_after=4)
+    pretrain(cfg_b, Path(cfg_b.train.out_dir))
+    cfg_c = tiny_cfg(tmp_path / "c", "train.steps=8", "train.progressive_side=8",
+                     "train.progressive_until=0.5", "train.checkpoint_every=4")
+    pretrain(cfg_c, Path(cfg_c.train.out_dir))
+    a, b = encoder_state(cfg_b.train.out_dir), encoder_state(cfg_c.train.out_dir)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -85,6 +85,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     checkpoint_seconds: float = 120.0  # also checkpoint when this much time passed (0 = off)
     time_limit: float = 0.0          # seconds: end the run at the first step past it (0 = none)
+    progressive_side: int = 0        # progressive resizing: views start at this side (px) and
+    progressive_until: float = 0.75  # grow linearly to full size by this fraction of training
+                                     # (0 = off; train.loop.progressive_side)
     log_every: int = 10
     eval_every: int | None = None    # steps between monitor evals; None = once per epoch
     out_dir: str | None = None       # default runs/<method>-<timestamp>

@@ -34,8 +34,8 @@ from .fitcheck import (MIN_PER_CLASS_FOR_VALIDATION, FitDirError, _clear_fit, fi
 from .pretrain import pretrain, run_finished
 from .rundir import write_json
 from .semisupervised import SemisupData, train_semisup
-from .fitplan import (BUDGET_USE, REPORT_RESERVE_S, SSL_SHARE, Choices, _stage_configs, choose,
-                      decide, replanned_steps, time_step)
+from .fitplan import (BUDGET_USE, REPORT_RESERVE_S, Choices, _stage_configs, choose, decide,
+                      replanned_steps, ssl_share, time_step)
 from .train.loop import resolve_device
 
 
@@ -196,7 +196,8 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     usable = planned
     if usable:   # each stage ends by the clock too: the budget holds even when steps run slow
         left = usable - (time.time() - t_start)
-        ssl_cfg = apply_overrides(ssl_cfg, [f"train.time_limit={max(5.0, SSL_SHARE * left):.1f}"])
+        ssl_cfg = apply_overrides(ssl_cfg,
+                                  [f"train.time_limit={max(5.0, ssl_share(c) * left):.1f}"])
     # 1. self-supervised pretraining on every image but the validation ones
     ssl_train = concat_unlabeled(lab.subset(train_idx), unl)
     ssl_train = ImageDataset(ssl_train.images, np.where(np.arange(len(ssl_train)) < len(train_idx),
@@ -247,7 +248,8 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
             c.reasons["steps"] += f"; after the labels-only candidate{why}"
             write_json(out / "choices.json", c.__dict__)
         steps = c.labels_only_steps if name == "labels_only" else c.steps
-        _, cfg = _stage_configs(replace(c, steps=steps), overrides, seed)
+        _, cfg = _stage_configs(replace(c, steps=steps, ema_teacher=c.ema_teacher
+                                        and name != "labels_only"), overrides, seed)
         if name == "labels_only":
             cfg = apply_overrides(cfg, ["method.name=supervised"])
         if remaining is not None:

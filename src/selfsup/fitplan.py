@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from .config import RunConfig, apply_overrides, load_config
-from .train.loop import autocast_for, channels_last_views, cpu_has_fast_bf16
+from .train.loop import (autocast_for, channels_last_views, cpu_has_fast_bf16, progressive_side,
+                         resize_views)
 
 
 @dataclass
@@ -32,9 +33,23 @@ class Choices:
     reasons: dict = field(default_factory=dict)
     precision: str = "auto"    # train.precision of both stages
     labels_only_steps: int = 0   # the labels-only candidate's steps (0: the same as ``steps``)
+    ema_teacher: bool = False    # method.ema_teacher of the FixMatch-family stage 2
 
 
-SSL_SHARE = 0.45          # of the training time under --budget
+# Of the training time under --budget, the share of SimCLR pretraining (0.45 until 2026-12-01).
+# On CIFAR-10 (500 labels, seed 1) stage 2 from the SimCLR encoder gained little from more time
+# (FreeMatch with the EMA teacher: 56.0% after 224 s, 56.9% after 357 s) while FreeMatch from
+# scratch given the pretraining's time too reached 58.6% in 496 s (BENCHMARKS.md 6): pretraining
+# is worth less than its minutes to the classifier. It stays because its encoder is what
+# recognises photos of unknown classes (section 11.2: kNN AUROC 0.72 in its features vs 0.63 in
+# the classifier's, with 300 SimCLR steps; 0.2 of 10 minutes is ~500 steps here).
+SSL_SHARE = 0.2
+SSL_SHARE_LABELS_ONLY = 0.45   # no unlabeled photos: the measurements above do not apply
+
+
+def ssl_share(c: "Choices") -> float:
+    """The share of the training time that goes to self-supervised pretraining."""
+    return SSL_SHARE_LABELS_ONLY if c.semisup_method == "supervised" else SSL_SHARE
 BUDGET_USE = 0.95         # of --budget planned for training; the rest: evaluation and the report
 REPORT_RESERVE_S = 8.0
 MIN_STEPS_TO_REPLAN = 50   # stage 1 must run this many steps for its speed to re-plan stage 2
@@ -43,10 +58,13 @@ MIN_STEPS_TO_REPLAN = 50   # stage 1 must run this many steps for its speed to r
 def stage2_steps(seconds: float, s_semi: float, c: "Choices",
                  with_labels_only: bool = True) -> int:
     """Semi-supervised steps that fit ``seconds`` (together with the labels-only candidate of the
-    same length, whose step costs about 1 / (1 + 2 uratio) of a FixMatch step, unless
-    ``with_labels_only`` is false: it has already run)."""
-    extra = (1.0 / (1.0 + 2.0 * c.uratio)
-             if c.semisup_method != "supervised" and with_labels_only else 0.0)
+    same length, whose step costs about 1 / (1 + 2 uratio) of a FixMatch step, 1 / (1 + 4 uratio
+    / 3) with the EMA teacher, unless ``with_labels_only`` is false: it has already run)."""
+    # a labels-only step trains on the labeled batch B alone; a FixMatch-family step trains on
+    # B + 2 uratio B images, or on B + uratio B with the EMA teacher's forward-only pass over
+    # uratio B weak views (about a third of a training pass each)
+    cost = 1.0 + (c.uratio + c.uratio / 3.0 if c.ema_teacher else 2.0 * c.uratio)
+    extra = 1.0 / cost if c.semisup_method != "supervised" and with_labels_only else 0.0
     return max(10, int(seconds / (s_semi * (1.0 + extra))))
 
 
@@ -130,6 +148,11 @@ def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: f
     uratio = 4.0 if semisup != "supervised" else 0.0
     c = Choices(device, size, backbone, width, "simclr", 0, ssl_batch, semisup, 0, batch, uratio,
                 0.2, r, precision)
+    if semisup in ("fixmatch", "flexmatch", "freematch"):
+        c.ema_teacher = True
+        r["ema_teacher"] = ("the EMA model labels the unlabeled photos (EMAN): the network "
+                            "evaluated is the better labeller early in a short run, and a step "
+                            "skips the backward pass over the weak views (BENCHMARKS.md 6)")
     if budget_s is None or step_seconds is None:
         c.ssl_steps = int(np.clip(30 * total / ssl_batch, 100, 5000))
         c.steps = int(np.clip(50 * n_labeled / batch, 100, 3000))
@@ -139,11 +162,12 @@ def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: f
         s_ssl, s_semi = step_seconds(c)
         usable = max(10.0, budget_s - spent())   # what is left after measuring and decoding
         r["measured_s_per_step"] = {"ssl": s_ssl, "semi": s_semi}
-        c.ssl_steps = max(10, int(SSL_SHARE * usable / s_ssl))
-        c.steps = stage2_steps((1 - SSL_SHARE) * usable, s_semi, c)
+        share = ssl_share(c)
+        c.ssl_steps = max(10, int(share * usable / s_ssl))
+        c.steps = stage2_steps((1 - share) * usable, s_semi, c)
         r["steps"] = (f"budget: {usable:.0f} s of training left after measuring "
                       f"{s_ssl:.3f} s per pretraining step and {s_semi:.3f} s per {semisup} "
-                      f"step on this machine; {100 * SSL_SHARE:.0f}% to pretraining, the rest to "
+                      f"step on this machine; {100 * share:.0f}% to pretraining, the rest to "
                       f"{semisup}" + (" and the labels-only candidate (same steps)"
                                       if semisup != "supervised" else "")
                       + "; re-planned from the measured pretraining speed before stage 2")
@@ -154,7 +178,9 @@ def time_step(cfg: RunConfig, x: torch.Tensor, labels: torch.Tensor, n: int = 3)
     """Seconds per training step of cfg's method on the batch x (after one warm-up step), in
     the memory layout the training loop uses (channels-last unless model.channels_last=false:
     timed in the default layout, the step measured 1.3-1.4x slower than fit's stages then ran:
-    stage 1 at 0.72x, stage 2 at 0.75x its measurement, 2026-11-30)."""
+    stage 1 at 0.72x, stage 2 at 0.75x its measurement, 2026-11-30). With progressive resizing
+    (``train.progressive_side``) the step is timed at every side the schedule visits and the
+    times are averaged with the share of steps at each side."""
     from .methods import BatchInfo
     from .pretrain import build_method
 
@@ -166,20 +192,31 @@ def time_step(cfg: RunConfig, x: torch.Tensor, labels: torch.Tensor, n: int = 3)
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-6)
     info = BatchInfo(torch.arange(len(x)), labels)
     amp = autocast_for(torch.device("cpu"), cfg.train.precision)   # the step is timed on the CPU
-    times = []
-    for i in range(n + 1):
-        t0 = time.perf_counter()
-        views = m.views(x, info) if semi else m.views(x)
-        if cfg.model.channels_last:
-            views = channels_last_views(views)
-        with amp:
-            loss = m.training_step(views, 0.5, info).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if i:
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    full = int(x.shape[-1])
+    tc = cfg.train
+    shares = {full: 1.0}
+    if tc.progressive_side:
+        sides = [progressive_side((i + 0.5) / 200, tc.progressive_side, full,
+                                  tc.progressive_until) for i in range(200)]
+        shares = {v: sides.count(v) / len(sides) for v in sorted(set(sides))}
+    total = 0.0
+    for side, share in shares.items():
+        times = []
+        for i in range(n + 1):
+            t0 = time.perf_counter()
+            views = m.views(x, info) if semi else m.views(x)
+            views = resize_views(views, side, full)
+            if cfg.model.channels_last:
+                views = channels_last_views(views)
+            with amp:
+                loss = m.training_step(views, 0.5, info).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if i:
+                times.append(time.perf_counter() - t0)
+        total += share * float(np.median(times))
+    return total
 
 
 # How many standard errors labels-only must lead by on validation before the semi-supervised
@@ -244,6 +281,8 @@ def _stage_configs(c: Choices, overrides, seed: int) -> tuple[RunConfig, RunConf
                        # method.name drops the preset's method keys: uratio is given again
                        + ([f"method.uratio={c.uratio or 4.0}"]
                           if c.semisup_method != "supervised" else []))
+    if c.ema_teacher and c.semisup_method in ("fixmatch", "flexmatch", "freematch"):
+        semi = apply_overrides(semi, ["method.ema_teacher=true"])
     if overrides:
         ssl, semi = apply_overrides(ssl, list(overrides)), apply_overrides(semi, list(overrides))
     return ssl, semi

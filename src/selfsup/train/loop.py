@@ -95,6 +95,30 @@ def channels_last_views(views) -> list:
     return [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
 
 
+def progressive_side(progress: float, start: int, full: int, until: float) -> int:
+    """Progressive resizing (Howard's fast.ai DAWNBench runs, FFCV's ResNet recipes; Tan & Le,
+    EfficientNetV2, 2021): the side of the training views at ``progress`` in [0, 1], growing
+    linearly from ``start`` to ``full`` pixels over the first ``until`` of training, in multiples
+    of 4 (few distinct shapes). A convolution's cost scales with the pixels, so early steps are
+    cheap; the last ``1 - until`` of training, and every evaluation, are at full size."""
+    if start <= 0 or start >= full:
+        return full
+    f = min(1.0, progress / until) if until > 0 else 1.0
+    return min(full, max(4, int(start + (full - start) * f) // 4 * 4))
+
+
+def resize_views(views, side: int, full: int) -> list:
+    """Image views scaled by ``side / full`` (bilinear, antialiased), other tensors as they are."""
+    if side >= full:
+        return list(views)
+    import torch.nn.functional as F
+
+    return [F.interpolate(v, size=(max(1, round(v.shape[-2] * side / full)),
+                                   max(1, round(v.shape[-1] * side / full))),
+                          mode="bilinear", antialias=True, align_corners=False)
+            if v.dim() == 4 and v.is_floating_point() else v for v in views]
+
+
 def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
           monitor: Callable[[torch.nn.Module], dict] | None = None,
           stop_after: int | None = None) -> dict:
@@ -288,6 +312,10 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         info = BatchInfo(index=idx_t, label=y,
                          hidden=hidden[idx_t] if hidden is not None else None)
         views = method.views(x, info) if semi else method.views(x)
+        if tc.progressive_side:   # progressive resizing: smaller views early in training
+            full = max(v.shape[-1] for v in views if v.dim() == 4)
+            views = resize_views(views, progressive_side(step / total, tc.progressive_side,
+                                                         full, tc.progressive_until), full)
         if channels_last:
             views = channels_last_views(views)
         t1 = time.perf_counter()
