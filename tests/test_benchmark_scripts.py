@@ -130,3 +130,28 @@ def test_semisup_benchmark_reuses_a_finished_run_only_with_the_same_settings(tin
     out = run(base + ["--steps", "6"], tmp_path, ok=False)
     assert out.returncode != 0 and "train.steps" in out.stderr and "--out-dir" in out.stderr
     assert len(res.read_text().splitlines()) == 2
+
+
+def test_fit_stage2_trains_fits_recipe_and_logs_pseudo_label_accuracy(tmp_path):
+    """benchmarks/fit_stage2.py (section 6's stage-2 rows): fit's stage 2 at fixed steps on a
+    folder written as cifar_folders.py writes it; the unlabeled files' class prefixes become
+    hidden labels, so the pseudo-labels' accuracy is logged."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(CLASSES[:3]):
+        for i in range(10):
+            make_image(tmp_path / "f" / "labeled" / name / f"{i:04d}.jpg",
+                       rng.integers(0, 255, 3).tolist(), size=(32, 32))
+            make_image(tmp_path / "f" / "unlabeled" / f"{name}_{i:04d}.jpg",
+                       rng.integers(0, 255, 3).tolist(), size=(32, 32))
+        for i in range(3):
+            make_image(tmp_path / "f" / "test" / name / f"{i:04d}.jpg",
+                       rng.integers(0, 255, 3).tolist(), size=(32, 32))
+    results = tmp_path / "rows.jsonl"
+    run(["benchmarks/fit_stage2.py", str(tmp_path / "f"), "--name", "t", "--steps", "2",
+         "--precision", "fp32", "--out-dir", str(tmp_path / "runs"), "--results", str(results),
+         "method.ema_teacher=true", "train.eval_every=2"], tmp_path)
+    row = json.loads(results.read_text().splitlines()[-1])
+    assert row["steps"] == 2 and row["init"] == "scratch" and 0.0 <= row["test_acc"] <= 1.0
+    logged = [json.loads(x) for x in (tmp_path / "runs" / "t" / "metrics.jsonl").read_text()
+              .splitlines()]
+    assert any("pl_acc" in r for r in logged if r.get("kind") == "train")
