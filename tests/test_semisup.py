@@ -209,13 +209,15 @@ def test_noisy_student_two_rounds_on_digits(tmp_path):
     assert again["rounds"][2]["test_acc_final"] == out["rounds"][2]["test_acc_final"]
 
 
-def test_fixmatch_digits_end_to_end_and_resume(tmp_path):
+@pytest.mark.parametrize("teacher", ["online", "ema"])
+def test_fixmatch_digits_end_to_end_and_resume(tmp_path, teacher):
     """A short FixMatch run on real images (digits) writes its outputs; killed and resumed it
-    ends with the same weights as an uninterrupted run."""
+    ends with the same weights as an uninterrupted run (with the EMA teacher too: its averaged
+    BatchNorm statistics are part of the checkpoint)."""
     from selfsup.semisupervised import load_classifier, train_semisup
 
     over = ["train.steps=20", "train.eval_every=10", "train.checkpoint_every=10",
-            "train.progress=false"]
+            "train.progress=false", f"method.ema_teacher={teacher == 'ema'}"]
     cfg = load_config("fixmatch_digits", over)
     a, summary = train_semisup(cfg, tmp_path / "a")
     for f in ("model.safetensors", "encoder.safetensors", "summary.json", "splits.json",
