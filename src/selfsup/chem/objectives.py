@@ -105,16 +105,20 @@ def penalized_logp_gegl(mol) -> float:
 
 
 def fingerprint(mol, kind: str = "ECFP4"):
-    """Morgan bit vectors (2048 bits): ECFP4/ECFP6 (radius 2/3), FCFP4 (feature invariants)."""
+    """GuacaMol's fingerprints, which TDC's and so PMO's oracles use: unfolded Morgan *count*
+    vectors (``AllChem.GetMorganFingerprint(mol, r[, useFeatures=True])`` there), ECFP4/ECFP6
+    (radius 2/3) and FCFP4 (feature invariants); Tanimoto on them is the count (multiset) form.
+    Until 2026-12-01 these were 2048-bit bit vectors, whose similarities differ (osimertinib vs
+    celecoxib by FCFP4: 0.106 with bits, 0.232 with GuacaMol's counts)."""
     from rdkit.Chem import rdFingerprintGenerator as G
 
     radius = {"ECFP4": 2, "ECFP6": 3, "FCFP4": 2}[kind]
     if kind.startswith("FCFP"):
-        gen = G.GetMorganGenerator(radius=radius, fpSize=2048,
+        gen = G.GetMorganGenerator(radius=radius,
                                    atomInvariantsGenerator=G.GetMorganFeatureAtomInvGen())
     else:
-        gen = G.GetMorganGenerator(radius=radius, fpSize=2048)
-    return gen.GetFingerprint(mol)
+        gen = G.GetMorganGenerator(radius=radius)
+    return gen.GetSparseCountFingerprint(mol)
 
 
 def tanimoto(mol, target, kind: str = "ECFP4") -> float:
