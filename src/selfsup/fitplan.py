@@ -42,17 +42,18 @@ class Choices:
 # scratch given the pretraining's time too reached 58.6% in 496 s (BENCHMARKS.md 6): pretraining
 # is worth less than its minutes to the classifier. It stays because its encoder is what
 # recognises photos of unknown classes (section 11.2: kNN AUROC 0.72 in its features vs 0.63 in
-# the classifier's, with 300 SimCLR steps; 0.2 of 10 minutes is ~500 steps here).
+# the classifier's, with 300 SimCLR steps; 0.2 of 10 minutes gave 335-430 steps here).
 SSL_SHARE = 0.2
 SSL_SHARE_LABELS_ONLY = 0.45   # no unlabeled photos: the measurements above do not apply
+
+BUDGET_USE = 0.95         # of --budget planned for training; the rest: evaluation and the report
+REPORT_RESERVE_S = 8.0
+MIN_STEPS_TO_REPLAN = 50   # stage 1 must run this many steps for its speed to re-plan stage 2
 
 
 def ssl_share(c: "Choices") -> float:
     """The share of the training time that goes to self-supervised pretraining."""
     return SSL_SHARE_LABELS_ONLY if c.semisup_method == "supervised" else SSL_SHARE
-BUDGET_USE = 0.95         # of --budget planned for training; the rest: evaluation and the report
-REPORT_RESERVE_S = 8.0
-MIN_STEPS_TO_REPLAN = 50   # stage 1 must run this many steps for its speed to re-plan stage 2
 
 
 def stage2_steps(seconds: float, s_semi: float, c: "Choices",
@@ -150,9 +151,9 @@ def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: f
                 0.2, r, precision)
     if semisup in ("fixmatch", "flexmatch", "freematch"):
         c.ema_teacher = True
-        r["ema_teacher"] = ("the EMA model labels the unlabeled photos (EMAN): the network "
-                            "evaluated is the better labeller early in a short run, and a step "
-                            "skips the backward pass over the weak views (BENCHMARKS.md 6)")
+        r["ema_teacher"] = ("the EMA model labels the unlabeled photos (EMAN): a step skips the "
+                            "backward pass over their weak views, 1.45x the steps in the same "
+                            "time, level or ahead at equal time on CIFAR-10 (BENCHMARKS.md 6)")
     if budget_s is None or step_seconds is None:
         c.ssl_steps = int(np.clip(30 * total / ssl_batch, 100, 5000))
         c.steps = int(np.clip(50 * n_labeled / batch, 100, 3000))

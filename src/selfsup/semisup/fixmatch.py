@@ -9,9 +9,9 @@ batches go through the network together so BatchNorm sees all of them (``use_cat
 
 ``ema_teacher=true`` (EMAN, Cai et al., CVPR 2021, their FixMatch): the EMA model, in evaluation
 mode and with its BatchNorm statistics averaged like its weights, labels the weak views; only the
-labeled and strong views go through the trained network. The EMA model is the one evaluated, so
-early in a short run its pseudo-labels are the more accurate ones, and a step skips the backward
-pass over the weak views (about a third of the images).
+labeled and strong views go through the trained network, so a step skips the backward pass over
+the weak views (0.69x the step time on fit's CIFAR-10 recipe). At equal steps it trails the paper's
+form (the EMA lags the model early on); at equal time it is level or ahead (BENCHMARKS.md 6).
 
 FlexMatch and FreeMatch (``flexmatch.py``, ``freematch.py``) share this step and replace only
 ``unlabeled_loss``: how the threshold is chosen.
