@@ -239,7 +239,7 @@ def test_compile_trains_like_eager_and_resumes_eagerly(tmp_path):
 
 
 def test_progressive_side_grows_linearly_in_multiples_of_four_to_full_size():
-    from selfsup.train.loop import progressive_side
+    from selfsup.augment.resize import progressive_side
 
     sides = [progressive_side(i / 100, 20, 32, 0.75) for i in range(101)]
     assert sides[0] == 20 and sides[75:] == [32] * 26
@@ -250,7 +250,7 @@ def test_progressive_side_grows_linearly_in_multiples_of_four_to_full_size():
 
 
 def test_resize_views_scales_image_views_only():
-    from selfsup.train.loop import resize_views
+    from selfsup.augment.resize import resize_views
 
     big, small, idx = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 16, 16), torch.arange(2)
     out = resize_views([big, small, idx], 24, 32)

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from .config import RunConfig, apply_overrides, load_config
-from .train.loop import (autocast_for, channels_last_views, cpu_has_fast_bf16, progressive_side,
-                         resize_views)
+from .augment.resize import progressive_side, resize_views
+from .train.loop import autocast_for, channels_last_views, cpu_has_fast_bf16
 
 
 @dataclass

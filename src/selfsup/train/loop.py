@@ -25,6 +25,7 @@ from ..config import ConfigError
 from ..evaluate.collapse import CollapseDetector, collapse_metrics
 from ..methods.base import BatchInfo
 from ..nn.distributed import all_gather_object, all_reduce_sum, barrier, init_from_env
+from ..augment.resize import progressive_side, resize_views
 from ..nn.schedules import lr_multiplier
 from ..rundir import subdir
 from .checkpoint import atomic_save, load_checkpoint, load_resumable, rng_state, set_rng_state
@@ -93,30 +94,6 @@ def channels_last_views(views) -> list:
     """The image views in channels-last memory order (oneDNN's fast layout; the model is
     converted with ``method.to(memory_format=torch.channels_last)``), other tensors as they are."""
     return [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
-
-
-def progressive_side(progress: float, start: int, full: int, until: float) -> int:
-    """Progressive resizing (Howard's fast.ai DAWNBench runs, FFCV's ResNet recipes; Tan & Le,
-    EfficientNetV2, 2021): the side of the training views at ``progress`` in [0, 1], growing
-    linearly from ``start`` to ``full`` pixels over the first ``until`` of training, in multiples
-    of 4 (few distinct shapes). A convolution's cost scales with the pixels, so early steps are
-    cheap; the last ``1 - until`` of training, and every evaluation, are at full size."""
-    if start <= 0 or start >= full:
-        return full
-    f = min(1.0, progress / until) if until > 0 else 1.0
-    return min(full, max(4, int(start + (full - start) * f) // 4 * 4))
-
-
-def resize_views(views, side: int, full: int) -> list:
-    """Image views scaled by ``side / full`` (bilinear, antialiased), other tensors as they are."""
-    if side >= full:
-        return list(views)
-    import torch.nn.functional as F
-
-    return [F.interpolate(v, size=(max(1, round(v.shape[-2] * side / full)),
-                                   max(1, round(v.shape[-1] * side / full))),
-                          mode="bilinear", antialias=True, align_corners=False)
-            if v.dim() == 4 and v.is_floating_point() else v for v in views]
 
 
 def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
