@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfsup.config import load_config
+from selfsup.config import apply_overrides, load_config
 from selfsup.nn.schedules import warmup_cosine
 from selfsup.pretrain import RunDirError, build_method, load_data, pretrain
 from selfsup.train import NonFiniteLossError, train
@@ -282,3 +282,81 @@ def test_progressive_resizing_trains_on_smaller_views_early_and_full_size_at_the
     pretrain(cfg_c, Path(cfg_c.train.out_dir))
     a, b = encoder_state(cfg_b.train.out_dir), encoder_state(cfg_c.train.out_dir)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_steps_to_fill_plans_the_time_left_at_the_measured_speed():
+    from selfsup.nn.schedules import REPLAN_SAFETY, steps_to_fill
+
+    # 50 steps in 10 s (0.2 s each), 90 s left of 100: 0.98 * 90 / 0.2 = 441 more steps
+    assert REPLAN_SAFETY == 0.98 and steps_to_fill(50, 50, 10.0, 100.0) == 491
+    # a resumed run at step 300 that ran 20 steps in 4 s: its own speed, the total counts on
+    assert steps_to_fill(300, 20, 4.0, 10.0) == 300 + int(0.98 * 6 / 0.2)
+    assert steps_to_fill(50, 50, 120.0, 100.0) == 51     # past the limit: the clock ends it
+    with pytest.raises(ValueError):
+        steps_to_fill(0, 0, 0.0, 100.0)
+
+
+class _Clock:
+    """A fake ``time`` for the loop: one second per training step, nothing else takes time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def _clocked(method, clock):
+    step = method.training_step
+
+    def timed(*a, **k):
+        clock.now += 1.0
+        return step(*a, **k)
+    method.training_step = timed
+    return method
+
+
+def test_fit_to_time_ends_the_schedule_at_the_time_limit_and_resumes_on_the_new_plan(
+        tmp_path, monkeypatch):
+    """train.fit_to_time: a run planned at 200 steps of 1 s with 120 s re-plans itself to end
+    its learning-rate schedule inside the limit (not cut by the clock at 60% of it); without
+    it the clock cuts the run. A resumed run continues the re-planned schedule."""
+    import selfsup.train.loop as loop
+    from selfsup.nn.schedules import lr_multiplier
+
+    monkeypatch.setattr(loop, "REPLAN_FIRST_STEP", 5)
+    runs = {}
+    for fit in (True, False):
+        clock = _Clock()
+        monkeypatch.setattr(loop, "time", clock)
+        cfg = tiny_cfg(tmp_path / str(fit), "train.steps=200", "train.time_limit=120",
+                       "train.eval_every=20", f"train.fit_to_time={str(fit).lower()}")
+        ds = load_data(cfg, None, progress=False)
+        runs[fit] = (cfg, train(_clocked(build_method(cfg), clock), ds, cfg,
+                                Path(cfg.train.out_dir)))
+    cfg, fitted = runs[True]
+    # step 5: 5 + int(0.98 * 115) = 117; then 118 at steps 20-60 and 119 from step 80 on
+    assert fitted["steps"] == 119 and not fitted["stopped_by_time"] and fitted["replans"] == 3
+    rows = [json.loads(x) for x in open(Path(cfg.train.out_dir) / "metrics.jsonl")]
+    assert [(r["step"], r["total"]) for r in rows if r["kind"] == "replan"] == [
+        (5, 117), (20, 118), (80, 119)]
+    last = [r for r in rows if r["kind"] == "train"][-1]
+    oc = cfg.optim
+    peak = oc.lr * cfg.train.batch_size / 256 if oc.scale_lr else oc.lr
+    assert last["step"] == 119 and last["lr"] == pytest.approx(
+        peak * lr_multiplier(oc.schedule, 119 / 119, oc.warmup, oc.final_lr_ratio))
+    cut = runs[False][1]
+    assert cut["steps"] == 121 and cut["stopped_by_time"] and cut["replans"] == 0
+    # killed at step 60 (checkpoint every 30), resumed without re-planning: 118 steps, not 200
+    clock = _Clock()
+    monkeypatch.setattr(loop, "time", clock)
+    cfg = tiny_cfg(tmp_path / "resume", "train.steps=200", "train.time_limit=120",
+                   "train.eval_every=20", "train.fit_to_time=true", "train.checkpoint_every=30")
+    ds = load_data(cfg, None, progress=False)
+    train(_clocked(build_method(cfg), clock), ds, cfg, Path(cfg.train.out_dir), stop_after=60)
+    monkeypatch.setattr(loop, "REPLAN_FIRST_STEP", 10_000)
+    cfg = apply_overrides(cfg, ["train.eval_every=1000"])
+    clock = _Clock()
+    monkeypatch.setattr(loop, "time", clock)
+    again = train(_clocked(build_method(cfg), clock), ds, cfg, Path(cfg.train.out_dir))
+    assert again["steps"] == 118 and again["replans"] == 0

@@ -85,6 +85,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     checkpoint_seconds: float = 120.0  # also checkpoint when this much time passed (0 = off)
     time_limit: float = 0.0          # seconds: end the run at the first step past it (0 = none)
+    fit_to_time: bool = False        # with time_limit: re-plan steps from the measured speed so
+                                     # the schedule ends at the limit (nn.schedules.steps_to_fill)
     progressive_side: int = 0        # progressive resizing: views start at this side (px) and
     progressive_until: float = 0.75  # grow linearly to full size by this fraction of training
                                      # (0 = off; train.loop.progressive_side)

@@ -197,7 +197,8 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     if usable:   # each stage ends by the clock too: the budget holds even when steps run slow
         left = usable - (time.time() - t_start)
         ssl_cfg = apply_overrides(ssl_cfg,
-                                  [f"train.time_limit={max(5.0, ssl_share(c) * left):.1f}"])
+                                  [f"train.time_limit={max(5.0, ssl_share(c) * left):.1f}",
+                                   "train.fit_to_time=true"])
     # 1. self-supervised pretraining on every image but the validation ones
     ssl_train = concat_unlabeled(lab.subset(train_idx), unl)
     ssl_train = ImageDataset(ssl_train.images, np.where(np.arange(len(ssl_train)) < len(train_idx),
@@ -257,8 +258,10 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
             # labels-only: a cap, not a plan (it needs ~1/(1 + 2 uratio) of the semi-supervised
             # candidate's step time plus its evaluations, ~20% of stage 2 on CIFAR-10 at 32 px,
             # more on tiny data where the evaluations dominate); the semi-supervised one: the rest
+            # and it re-plans its steps from its own speed to end its schedule on time
             share = 0.8 if name == "labels_only" else 1.0
-            cfg = apply_overrides(cfg, [f"train.time_limit={max(5.0, share * left):.1f}"])
+            cfg = apply_overrides(cfg, [f"train.time_limit={max(5.0, share * left):.1f}"]
+                                  + ([] if name == "labels_only" else ["train.fit_to_time=true"]))
         if progress:
             print(f"selfsup fit: {2 + i}/{1 + len(order)} {name} from the pretrained encoder "
                   f"({cfg.train.steps} steps)", file=sys.stderr)
@@ -289,13 +292,13 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
                "unknown": ood,
                "choices": {k: v for k, v in c.__dict__.items() if k != "reasons"},
                "pretrain": {k: ssl_summary.get(k) for k in ("steps", "train_seconds",
-                                                            "images_per_s", "collapsed",
+                                                            "images_per_s", "collapsed", "replans",
                                                             "stopped_by_time")},
                "pretrain_eval": ssl_summary.get("eval"),
                "classifier": {k: clf_summary.get(k) for k in (
                    "method", "steps", "train_seconds", "val_acc_best", "val_acc_final",
                    "test_acc_final", "test_acc_at_best_val", "test_acc_median_last",
-                   "stopped_by_time")},
+                   "stopped_by_time", "replans")},
                "model": str(clf_dir / "model.safetensors"), "budget_seconds": budget_s}
     if progress:
         print("selfsup fit: writing the report ...", file=sys.stderr)

@@ -33,3 +33,21 @@ def lr_multiplier(name: str, progress: float, warmup: float, final_ratio: float 
     if name == "constant":
         return min(1.0, progress / warmup) if warmup > 0 else 1.0
     raise ValueError(f"unknown optim.schedule '{name}'; choose one of: constant, cosine, fixmatch")
+
+
+# ``train.fit_to_time``: the loop re-plans its step count from its own speed at this step and at
+# every evaluation after it, so that the schedule (learning rate, progress-dependent weights)
+# ends when ``train.time_limit`` does instead of being cut by the clock or ending early
+REPLAN_FIRST_STEP = 50
+REPLAN_SAFETY = 0.98   # of the time left: the last steps' speed is an estimate
+
+
+def steps_to_fill(step: int, steps_run: int, elapsed: float, time_limit: float) -> int:
+    """The total step count that ends a run at ``time_limit`` seconds, given that ``steps_run``
+    steps (evaluations and checkpoints between them included) took ``elapsed`` seconds and
+    ``step`` steps are done in all (a resumed run counts only what it ran itself). Never less
+    than ``step + 1``: a re-plan does not end a run by itself, the clock does."""
+    if steps_run <= 0 or elapsed <= 0:
+        raise ValueError("steps_to_fill needs at least one timed step")
+    per_step = elapsed / steps_run
+    return step + max(1, int(REPLAN_SAFETY * (time_limit - elapsed) / per_step))

@@ -26,7 +26,7 @@ from ..evaluate.collapse import CollapseDetector, collapse_metrics
 from ..methods.base import BatchInfo
 from ..nn.distributed import all_gather_object, all_reduce_sum, barrier, init_from_env
 from ..augment.resize import progressive_side, resize_views
-from ..nn.schedules import lr_multiplier
+from ..nn.schedules import REPLAN_FIRST_STEP, lr_multiplier, steps_to_fill
 from ..rundir import subdir
 from .checkpoint import atomic_save, load_checkpoint, load_resumable, rng_state, set_rng_state
 from .metrics import MetricsWriter
@@ -198,6 +198,8 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         set_rng_state(ranks[rank] if ranks and len(ranks) == world else ck["rng"])
         step = ck["step"]
         collapse.event = ck.get("collapse")
+        if tc.fit_to_time and tc.time_limit and ck.get("total"):
+            total = ck["total"]   # the re-planned schedule goes on where it was
         if main_process:
             print(f"selfsup: resuming {run_dir} from step {step}", file=sys.stderr)
     else:  # each rank draws its own augmentations (rank 0 as a single process would)
@@ -251,7 +253,8 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
         if main_process:
             atomic_save({"model": method.state_dict(), "optimizer": optimizer.state_dict(),
                          "rng": rngs[0], "rng_ranks": rngs if world > 1 else None,
-                         "step": at_step, "config": cfg.to_dict(), "collapse": collapse.event},
+                         "step": at_step, "config": cfg.to_dict(), "collapse": collapse.event,
+                         "total": total},
                         ckpt_path)
         barrier()
 
@@ -263,7 +266,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     # logged row from before the kill
     last_logs: dict = dict(metrics.last_train) if metrics is not None else {}
     t_start = t_saved = time.perf_counter()
-    stopped_by_time = False
+    stopped_by_time, step0, replans = False, step, 0
     method.train()
     while step < total:
         # 1. learning rate for this step
@@ -351,6 +354,14 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
             metrics.log(row)
             bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in row.items() if k != "kind"), file=sys.stderr)
+        if (tc.fit_to_time and tc.time_limit and step < total
+                and (step - step0 == REPLAN_FIRST_STEP or step % eval_every == 0)):
+            new = steps_to_fill(step, step - step0, time.perf_counter() - t_start, tc.time_limit)
+            new = all_gather_object(new)[0]   # every rank follows rank 0's plan
+            if new != total and main_process:
+                metrics.log({"kind": "replan", "step": step, "total": new, "was": total})
+                bar.total = new
+            total, replans = new, replans + (new != total)
         # a time budget (``train.time_limit``): this step is the last one; every rank agrees
         over = tc.time_limit and time.perf_counter() - t_start > tc.time_limit
         if world > 1 and tc.time_limit:
@@ -382,7 +393,7 @@ def train(method: torch.nn.Module, dataset, cfg, run_dir: Path,
     bar.close()
     if metrics is not None:
         metrics.close()
-    return {"steps": step, "stopped_by_time": stopped_by_time,
+    return {"steps": step, "stopped_by_time": stopped_by_time, "replans": replans,
             "final_loss": last_logs.get("loss", math.nan),
             "collapsed": collapse.event is not None, "collapse": collapse.event,
             "images_per_s": last_logs.get("images_per_s", math.nan),
