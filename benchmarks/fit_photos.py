@@ -36,13 +36,15 @@ def run_fit(folder: Path, out: Path, budget: str, seed: int, unlabeled: bool,
         cs = json.loads((d / "summary.json").read_text())
         cands[d.name] = {"steps": cs.get("steps"), "test_acc_final": cs.get("test_acc_final"),
                          "train_seconds": cs.get("train_seconds"),
-                         "stopped_by_time": cs.get("stopped_by_time")}
+                         "stopped_by_time": cs.get("stopped_by_time"),
+                         "replans": cs.get("replans")}
     comp = s["comparison"]
     return {"folder": folder.name, "seed": seed, "unlabeled": unlabeled, "budget": budget,
             "test_acc": s["headline"]["test_acc"], "test_acc_95ci": s["headline"]["test_acc_95ci"],
             "test_images": s["headline"]["test_images"], "kept": comp["kept"],
             "comparison": {k: v for k, v in comp.items() if k != "reason"},
             "candidates": cands, "ssl_steps": s["pretrain"]["steps"],
+            "ssl_stopped_by_time": s["pretrain"].get("stopped_by_time"),
             "ssl_linear_probe": (s.get("pretrain_eval") or {}).get("linear_acc"),
             "labeled": s["labeled"], "validation": s["validation"], "n_unlabeled": s["unlabeled"],
             "precision": s["choices"].get("precision"), "wall_s": round(wall, 1),

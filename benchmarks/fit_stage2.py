@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--init", type=Path, default=None,
                     help="a SimCLR run directory (a fit's pretrain/); omit to start from scratch")
     ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--val-fraction", type=float, default=0.2,
+                    help="of the labeled images held out for validation (fit: 0.2)")
     ap.add_argument("--out-dir", type=Path, default=Path("runs/fit_stage2"))
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results/fit_stage2.jsonl"))
     ap.add_argument("overrides", nargs="*", help="key=value for stage 2 only")
@@ -51,7 +53,7 @@ def main() -> None:
 
     lab, unl = load(a.folder / "labeled"), load(a.folder / "unlabeled")
     test = load(a.folder / "test").aligned_to(lab.classes)
-    tr, va = stratified_split(lab.labels, 0.2, a.seed)
+    tr, va = stratified_split(lab.labels, a.val_fraction, a.seed)
     train = concat_unlabeled(lab.subset(tr), unl)
     cls_of = {c: i for i, c in enumerate(lab.classes)}
     guess = [cls_of.get(Path(n).name.split("_")[0], -1) for n in unl.names]
@@ -65,6 +67,7 @@ def main() -> None:
     t0 = time.time()
     _, s = train_semisup(cfg, a.out_dir / a.name, init=a.init, data=data)
     row = {"name": a.name, "steps": a.steps, "seed": a.seed, "init": str(a.init or "scratch"),
+           "labeled_train": len(tr), "val": len(va),
            "overrides": a.overrides, "test_acc": s.get("test_acc_final"),
            "val_acc": s.get("val_acc_final"), "train_seconds": round(s.get("train_seconds", 0), 1),
            "wall_s": round(time.time() - t0, 1),
