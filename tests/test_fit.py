@@ -4,6 +4,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from selfsup.cli import main
@@ -223,3 +224,34 @@ def test_time_step_averages_the_progressive_resizing_schedule(monkeypatch):
     y = torch.cat([torch.zeros(c.batch, dtype=torch.long), torch.full((len(x) - c.batch,), -1)])
     assert fitplan.time_step(semi, x, y, n=1) > 0
     assert sorted(set(sides)) == [16, 20, 24, 28, 32] and sides.count(32) == 2
+
+
+def test_validation_holds_out_a_fifth_of_few_labels_and_a_count_of_many():
+    from selfsup.data.splits import stratified_split
+    from selfsup.fitplan import validation_fraction
+
+    assert validation_fraction(100) == pytest.approx(0.2)     # 20 images: a fifth
+    assert validation_fraction(250) == pytest.approx(0.2)     # 50 images
+    assert validation_fraction(500) == pytest.approx(0.1)     # 50, not 100
+    assert validation_fraction(300) == pytest.approx(50 / 300)
+    assert validation_fraction(5000) == pytest.approx(0.1)    # 500: 10% beyond 500 labels
+    assert validation_fraction(0) == 0.0
+    # CIFAR-10 with 500 labels (50 per class): 5 per class held out, 450 to train on
+    labels = np.repeat(np.arange(10), 50)
+    tr, va = stratified_split(labels, validation_fraction(500), 0)
+    assert len(tr) == 450 and np.bincount(labels[va]).tolist() == [5] * 10
+
+
+def test_fit_runs_freematch_with_a_threshold_momentum_for_short_runs():
+    """fit's FreeMatch follows the model's confidence with momentum 0.99 (the paper's 0.999
+    lags for half of a 2,000-step stage); other methods keep their own settings."""
+    from dataclasses import replace
+
+    from selfsup import fitplan
+
+    c = choose(400, 4000, 32, "cpu", None)
+    _, semi = fitplan._stage_configs(c, [], 0)
+    assert c.semisup_method == "freematch" and semi.method["ema_p"] == fitplan.FREEMATCH_EMA_P
+    assert "freematch_ema_p" in c.reasons
+    _, fm = fitplan._stage_configs(replace(c, semisup_method="fixmatch"), [], 0)
+    assert "ema_p" not in fm.method

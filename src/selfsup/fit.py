@@ -34,8 +34,8 @@ from .fitcheck import (MIN_PER_CLASS_FOR_VALIDATION, FitDirError, _clear_fit, fi
 from .pretrain import pretrain, run_finished
 from .rundir import write_json
 from .semisupervised import SemisupData, train_semisup
-from .fitplan import (BUDGET_USE, REPORT_RESERVE_S, Choices, _stage_configs, choose, decide,
-                      replanned_steps, ssl_share, time_step)
+from .fitplan import (BUDGET_USE, REPORT_RESERVE_S, VAL_IMAGES, Choices, _stage_configs, choose,
+                      decide, replanned_steps, ssl_share, time_step, validation_fraction)
 from .train.loop import resolve_device
 
 
@@ -123,7 +123,9 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     n_min = min(counts.values())
     use_val = n_min >= MIN_PER_CLASS_FOR_VALIDATION
     n_lab_files = sum(counts.values())
-    n_train_lab = n_lab_files - (max(len(counts), int(round(0.2 * n_lab_files))) if use_val else 0)
+    val_frac = validation_fraction(n_lab_files) if use_val else 0.0
+    n_train_lab = n_lab_files - (max(len(counts), int(round(val_frac * n_lab_files))) if use_val
+                                 else 0)
     n_unl_files = sum(1 for _ in getattr(open_source(unlabeled), "items", [])) if unlabeled else 0
 
     def step_seconds(c: Choices):
@@ -147,10 +149,13 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     else:
         c = choose(n_train_lab, n_unl_files, side, device, planned, step_seconds,
                    spent=lambda: time.time() - t_start)
-    c.val_fraction = 0.2 if use_val else 0.0
+    c.val_fraction = val_frac
     c.reasons["val_fraction"] = (
-        "20% of each class held out to choose between models and calibrate predict's flag"
-        if use_val else
+        f"{100 * val_frac:.0f}% of each class held out to choose between models and calibrate "
+        f"predict's flag and the unknown-photo threshold (20% of the labels up to "
+        f"{VAL_IMAGES} images, then {VAL_IMAGES} or 10%, whichever is more: the held-out count "
+        f"gives the comparison its precision, and each label held out is one fewer to learn "
+        f"from)" if use_val else
         f"no validation split: the smallest class has {n_min} labeled images (fewer than "
         f"{MIN_PER_CLASS_FOR_VALIDATION}); every label is used for training and the labels-only "
         f"vs unlabeled-photos comparison cannot be made")
