@@ -254,10 +254,11 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
             c.reasons["steps"] += f"; after the labels-only candidate{why}"
             write_json(out / "choices.json", c.__dict__)
         steps = c.labels_only_steps if name == "labels_only" else c.steps
-        _, cfg = _stage_configs(replace(c, steps=steps, ema_teacher=c.ema_teacher
-                                        and name != "labels_only"), overrides, seed)
-        if name == "labels_only":
-            cfg = apply_overrides(cfg, ["method.name=supervised"])
+        # labels-only: the same recipe as method "supervised" (no unlabeled stream: until
+        # 2026-12-01 it kept uratio 4 and drew and augmented 256 unused images per step)
+        _, cfg = _stage_configs(replace(c, steps=steps, ema_teacher=c.ema_teacher and name !=
+                                        "labels_only", semisup_method="supervised" if name ==
+                                        "labels_only" else c.semisup_method), overrides, seed)
         if remaining is not None:
             left = usable - (time.time() - t_start)
             # labels-only: a cap, not a plan (it needs ~1/(1 + 2 uratio) of the semi-supervised
