@@ -240,7 +240,8 @@ def test_cli_pretrain_apprentice_resumes_and_design_writes_its_outputs(tmp_path,
 
 # --- retrosynthesis -----------------------------------------------------------------------------
 from selfsup.chem.planning import (Route, building_blocks_from, confident_examples,  # noqa: E402
-                                   plan, route_examples)
+                                   outcome_row, plan, route_examples, success_rate,
+                                   withheld_for)
 from selfsup.chem.retro import (SingleStep, TemplateLibrary, apply_template,  # noqa: E402
                                 extract_template, read_reactions, single_step_accuracy)
 
@@ -301,6 +302,39 @@ def test_search_respects_its_budget_and_solves_only_to_building_blocks():
     model = CountingModel(table)
     route, stats = plan("CCCCO", model, set(), expansions=3)
     assert route is None and not stats["solved"] and model.calls == stats["expansions"] <= 3
+
+
+def test_leak_free_evaluation_withholds_recorded_reactants_and_their_precursors():
+    from selfsup.chem.retro import Reaction
+    # data: CCO is made from C + CO (and CO from OC=O); the held-out target CCCCO was recorded
+    # as CC + CCO; both CC and CCO are building blocks (reactants of other data reactions)
+    data = [Reaction("1", "C.CO", "CCO", ""), Reaction("2", "OC=O", "CO", ""),
+            Reaction("3", "CC.CCN", "CCCCN", ""), Reaction("4", "CCO.N", "CCON", "")]
+    recorded = {"CCCCO": ["CC.CCO"], "CCCCN": ["CC.CCN"]}
+    bbs = building_blocks_from(data, {"CCCCO", "CCCCN"})
+    assert {"CC", "CCO", "C", "CO", "OC=O", "CCN"} <= bbs
+    held = withheld_for(["CCCCO", "CCCCN"], recorded, data)
+    # the recorded reactants, then transitively what the data makes them from
+    assert held["CCCCO"] == {"CC", "CCO", "C", "CO", "OC=O"}
+    assert held["CCCCN"] == {"CC", "CCN"}
+    for t, keys in recorded.items():   # no target's recorded reactants are building blocks
+        assert not any(set(k.split(".")) <= bbs - held[t] for k in keys)
+    # the model proposes the recorded reaction (one step) or a route through CCO's precursors:
+    # without withholding, the look-up solves it; with it, neither route closes
+    table = {"CCCCO": [(("CC", "CCO"), 0.9, "t1")], "CCO": [(("C", "CO"), 0.9, "t2")]}
+    rate, routes = success_rate(CountingModel(table), ["CCCCO"], bbs, expansions=5)
+    assert rate == 1.0 and outcome_row(routes) == {"solved": "1", "eval_success_multistep": 0.0}
+    rate, routes = success_rate(CountingModel(table), ["CCCCO"], bbs, expansions=5,
+                                withheld=held)
+    assert rate == 0.0 and outcome_row(routes)["solved"] == "0"
+    # a two-step route to other building blocks still counts, and counts as multi-step
+    table["CCO"].append((("CCN",), 0.5, "t3"))
+    bbs2 = bbs | {"CCN"}
+    held2 = withheld_for(["CCCCO"], {"CCCCO": ["CC.CCO"]}, data)
+    held2 = {"CCCCO": held2["CCCCO"] - {"CC"}}          # CC allowed again for this case
+    rate, routes = success_rate(CountingModel(table), ["CCCCO"], bbs2, expansions=5,
+                                withheld=held2)
+    assert rate == 1.0 and outcome_row(routes)["eval_success_multistep"] == 1.0
 
 
 @needs_chem_data

@@ -104,9 +104,50 @@ def plan(target: str, model, building_blocks: set[str], expansions: int = 50,
 
 
 def success_rate(model, targets: list[str], building_blocks: set[str], expansions: int = 50,
+                 withheld: dict[str, frozenset] | None = None,
                  **kw) -> tuple[float, list[Route | None]]:
-    routes = [plan(t, model, building_blocks, expansions, **kw)[0] for t in targets]
+    """The share of ``targets`` solved, and each one's route (None: not solved). ``withheld``
+    (target -> molecules) removes molecules from the building blocks for that target's search
+    only (``withheld_for``: its recorded reactants and their precursors)."""
+    withheld = withheld or {}
+    routes = [plan(t, model, building_blocks - withheld[t] if t in withheld else building_blocks,
+                   expansions, **kw)[0] for t in targets]
     return sum(r is not None for r in routes) / max(1, len(targets)), routes
+
+
+def withheld_for(targets: list[str], recorded: dict[str, list[str]],
+                 reactions: list[Reaction]) -> dict[str, frozenset]:
+    """For each held-out target, the molecules its search must not find among the building
+    blocks: the reactants of each of its recorded reactions (``recorded``: product -> reactant
+    keys) and, transitively, the reactants of every reaction in ``reactions`` (the data the
+    planner was built from) that makes one of them - their precursors in the data. Without
+    this a target whose recorded reactants are building blocks is solved by looking its
+    reaction up, and one whose reactants the data makes from building blocks by a two-step
+    look-up of the recorded chain."""
+    makers: dict[str, list[str]] = {}
+    for r in reactions:
+        makers.setdefault(r.product, []).extend(r.reactants.split("."))
+    out = {}
+    for t in targets:
+        todo = [m for key in recorded.get(t, ()) for m in key.split(".")]
+        seen: set[str] = set()
+        while todo:
+            m = todo.pop()
+            if m not in seen and m != t:
+                seen.add(m)
+                todo.extend(makers.get(m, ()))
+        out[t] = frozenset(seen)
+    return out
+
+
+def outcome_row(routes: list[Route | None]) -> dict:
+    """Per-target outcomes of one evaluation, for paired tests between evaluations on the same
+    targets: ``solved`` as a string of 0/1 in target order, and the share solved by a route of
+    two or more reactions (multi-step planning, not a single reaction to building blocks)."""
+    n = max(1, len(routes))
+    return {"solved": "".join("1" if r is not None else "0" for r in routes),
+            "eval_success_multistep": sum(r is not None and len(r.steps) >= 2
+                                          for r in routes) / n}
 
 
 def route_examples(routes: list[Route | None], library: TemplateLibrary
@@ -183,7 +224,8 @@ def self_improve(model: SingleStep, products: list[str], labels: list[int], targ
                  eval_targets: list[str], building_blocks: set[str], rounds: int = 3,
                  expansions: int = 50, epochs: int = 10, seed: int = 0, on_round=None,
                  save_dir: str | Path | None = None, recipe: str = "kim",
-                 lr: float = 1e-4) -> list[dict]:
+                 lr: float = 1e-4, eval_withheld: dict[str, frozenset] | None = None
+                 ) -> list[dict]:
     """Kim et al. (2021), Alg. 1: each round searches ``targets`` with the current model, turns
     the solved routes' reactions into training examples (deduplicated, kept across rounds) and
     updates the single-step model; the success rate on ``eval_targets`` (never searched for
@@ -196,14 +238,18 @@ def self_improve(model: SingleStep, products: list[str], labels: list[int], targ
     kept route data alone, ``epochs`` epochs at ``lr`` (paper: 20 epochs at 1e-4); the forward-
     model augmentation of the paper is not done (no forward model here). ``recipe="union"``:
     every route reaction is added to the original data and the current model keeps training on
-    the union at the default lr (this project's first version)."""
+    the union at the default lr (this project's first version). ``eval_withheld`` is passed
+    to the held-out searches only (``withheld_for``); each row carries the per-target outcomes
+    (``outcome_row``)."""
     import copy
 
     if recipe not in ("kim", "union"):
         raise ValueError(f"recipe must be kim or union, got {recipe!r}")
     reference = copy.deepcopy(model).eval()
-    rate, _ = success_rate(model, eval_targets, building_blocks, expansions)
-    history = [{"round": 0, "eval_success": rate, "route_examples": 0}]
+    rate, eval_routes = success_rate(model, eval_targets, building_blocks, expansions,
+                                     withheld=eval_withheld)
+    history = [{"round": 0, "eval_success": rate, "route_examples": 0,
+                **outcome_row(eval_routes)}]
     if on_round is not None:
         on_round(history[-1])
     extra_p: list[str] = []
@@ -226,9 +272,11 @@ def self_improve(model: SingleStep, products: list[str], labels: list[int], targ
                 model.fit(extra_p, extra_l, epochs=epochs, lr=lr, seed=seed + r)
         else:
             model.fit(products + extra_p, labels + extra_l, epochs=epochs, seed=seed + r)
-        rate, _ = success_rate(model, eval_targets, building_blocks, expansions)
+        rate, eval_routes = success_rate(model, eval_targets, building_blocks, expansions,
+                                         withheld=eval_withheld)
         history.append({"round": r, "train_targets_solved": found, "route_examples": len(extra_p),
-                        "eval_success": rate, **{f"reactions_{k}": v for k, v in counts.items()}})
+                        "eval_success": rate, **outcome_row(eval_routes),
+                        **{f"reactions_{k}": v for k, v in counts.items()}})
         if save_dir is not None:
             model.save(Path(save_dir) / f"round{r}")
         if on_round is not None:
