@@ -1,4 +1,4 @@
-"""Uncertainty of an accuracy measured on n images."""
+"""Uncertainty of an accuracy measured on n images, and paired comparisons on the same items."""
 
 from __future__ import annotations
 
