@@ -43,6 +43,11 @@ from selfsup.chem.retro import (SingleStep, TemplateLibrary, extract_template, r
 from selfsup.evaluate.stats import paired_outcomes
 
 
+def solved_bits(row: dict) -> list[bool]:
+    """The per-target outcomes of an evaluation row (``planning.outcome_row``)."""
+    return [c == "1" for c in row["solved"]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--chem", required=True)
@@ -147,11 +152,9 @@ def main() -> None:
             emit({"kind": "control", "seed": seed, **proto, "round": r, "eval_success": rate,
                   **ctrl})
             # paired on the same targets: round r vs before self-improvement, and vs its control
-            def bits(row):
-                return [c == "1" for c in row["solved"]]
             for name, other in (("round0", rows[0]), ("control", ctrl)):
                 emit({"kind": "mcnemar", "seed": seed, "round": r, "vs": name,
-                      **paired_outcomes(bits(rows[r]), bits(other))})
+                      **paired_outcomes(solved_bits(rows[r]), solved_bits(other))})
 
 
 if __name__ == "__main__":
