@@ -134,14 +134,63 @@ def test_mpl_student_waits_and_uda_ramps_in_steps():
     assert weights == [(0.0, False), (2.0, False), (4.0, True)]
 
 
-@pytest.mark.parametrize("name", ["flexmatch", "freematch"])
+def test_distribution_alignment_by_hand():
+    from selfsup.losses.semisup import distribution_alignment
+    q = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], dtype=torch.float64)
+    p_model = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    p_target = torch.full((3,), 1 / 3, dtype=torch.float64)
+    # ReMixMatch: q * p(y) / p~(y), rows renormalised (eps 1e-6 moves the 7th digit)
+    r0 = [0.5 / 0.5, 0.3 / 0.25, 0.2 / 0.25]        # [1.0, 1.2, 0.8], sum 3.0
+    r1 = [0.1 / 0.5, 0.1 / 0.25, 0.8 / 0.25]        # [0.2, 0.4, 3.2], sum 3.8
+    want = torch.tensor([[v / 3.0 for v in r0], [v / 3.8 for v in r1]], dtype=torch.float64)
+    got = distribution_alignment(q, p_model, p_target)
+    assert torch.allclose(got, want, atol=1e-5)
+    # a model whose running mean already is the target is left as it is
+    assert torch.allclose(distribution_alignment(q, p_target, p_target), q, atol=1e-12)
+
+
+def test_class_distribution_ema_starts_from_the_first_batch():
+    from selfsup.losses.semisup import class_distribution_ema
+    b1, b2 = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.1, 0.1, 0.8])
+    first = class_distribution_ema(torch.zeros(3), b1, 0.99)
+    assert torch.equal(first, b1)
+    second = class_distribution_ema(first, b2, 0.99)
+    assert torch.allclose(second, 0.99 * b1 + 0.01 * b2, atol=1e-7)
+
+
+def test_dist_align_trains_on_the_aligned_pseudo_labels_and_updates_after_the_step():
+    """FreeMatch with ``dist_align``: the pseudo-labels are argmax of the aligned softmax, and the
+    running distributions change only in ``after_optimizer_step`` (to the first batch's mean
+    softmax and label histogram)."""
+    cls = METHODS.get("freematch")
+    torch.manual_seed(0)
+    m = cls(backbones.create("convnet", width=0.25), cls.Config(num_classes=3, dist_align=True))
+    assert torch.equal(m.da_p_model, torch.zeros(3))
+    y = torch.tensor([0, 1, 2, 2])
+    batch = BatchInfo(torch.arange(8), torch.tensor([0, 1, 2, 2, -1, -1, -1, -1]))
+    logits_w = torch.tensor([[2.0, 0.0, 0.0]] * 3 + [[0.0, 0.0, 1.0]])
+    aligned, _ = m.align(logits_w, y)
+    probs = logits_w.softmax(1)
+    hist = torch.tensor([0.25, 0.25, 0.5])
+    # the first batch starts both distributions: q~ = Normalize(q * hist / mean q)
+    want = probs * hist / probs.mean(0)
+    want = want / want.sum(1, keepdim=True)
+    assert torch.allclose(aligned.softmax(1), want, atol=1e-5)
+    assert torch.equal(m.da_p_model, torch.zeros(3))          # not yet: the step is not taken
+    m.after_optimizer_step(0.1)
+    assert torch.allclose(m.da_p_model, probs.mean(0)) and torch.allclose(m.da_p_target, hist)
+    assert {"da_p_model", "da_p_target"} <= set(m.state_dict())
+
+
+@pytest.mark.parametrize("name", ["flexmatch", "freematch", "freematch+dist_align"])
 def test_threshold_state_survives_kill_and_resume_bit_for_bit(name, tmp_path):
     from selfsup.semisupervised import train_semisup
     from selfsup.train.checkpoint import load_checkpoint
 
+    name, _, da = name.partition("+")
     over = [f"method.name={name}", "train.steps=12", "train.eval_every=6",
             "train.checkpoint_every=6", "train.progress=false", "method.threshold=0.2"]
-    cfg = load_config("fixmatch_digits", over)
+    cfg = load_config("fixmatch_digits", over + (["method.dist_align=true"] if da else []))
     a, sa = train_semisup(cfg, tmp_path / "a")
     _, partial = train_semisup(cfg, tmp_path / "b", stop_after=6)
     assert partial == {"stopped_at": 6}
@@ -149,6 +198,7 @@ def test_threshold_state_survives_kill_and_resume_bit_for_bit(name, tmp_path):
     ka = load_checkpoint(a / "checkpoints" / "last.pt")["model"]
     kb = load_checkpoint(b / "checkpoints" / "last.pt")["model"]
     state = ["selected"] if name == "flexmatch" else ["time_p", "p_model", "label_hist"]
+    state += ["da_p_model", "da_p_target"] if da else []
     for k in state:
         assert torch.equal(ka[k], kb[k]), k
     for k in ka:

@@ -2,7 +2,8 @@
 
 References: Lee (2013) Pseudo-Label; Oliver et al. (2018) thresholded pseudo-labelling baseline;
 Sohn et al. (2020) FixMatch; Hinton et al. (2015) distillation; Xie et al. (2020) UDA;
-Pham et al. (2021) Meta Pseudo Labels; Zhang et al. (2021) FlexMatch; Wang et al. (2023) FreeMatch.
+Pham et al. (2021) Meta Pseudo Labels; Berthelot et al. (2020) ReMixMatch (distribution
+alignment); Zhang et al. (2021) FlexMatch; Wang et al. (2023) FreeMatch.
 Losses compute in their input's precision (float64 checks run in float64); half-precision inputs
 (what bf16/fp16 autocast hands them) are computed in float32, as the joint-embedding losses are:
 a softmax, a 0.95 threshold or an EMA with momentum 0.999 is not representable in bfloat16.
@@ -180,6 +181,31 @@ def freematch_fairness_loss(logits_strong: torch.Tensor, mask: torch.Tensor,
     b = prob_s.mean(dim=0) * inv(hist_s)
     b = b / b.sum()
     return (a * torch.log(b + 1e-12)).sum()
+
+
+def class_distribution_ema(running: torch.Tensor, batch_dist: torch.Tensor,
+                           momentum: float) -> torch.Tensor:
+    """The running class distribution of distribution alignment after one batch:
+    m running + (1 - m) batch_dist, or ``batch_dist`` itself while ``running`` is all zeros (no
+    batch seen yet; USB's ``DistAlignEMAHook`` starts from the first batch the same way).
+    batch_dist [C] (a batch's mean softmax, or its label histogram)."""
+    batch_dist = f32(batch_dist.detach())
+    running = f32(running).to(batch_dist.dtype)
+    if not bool((running > 0).any()):
+        return batch_dist.clone()
+    return momentum * running + (1 - momentum) * batch_dist
+
+
+def distribution_alignment(probs: torch.Tensor, p_model: torch.Tensor, p_target: torch.Tensor,
+                           eps: float = 1e-6) -> torch.Tensor:
+    """ReMixMatch's distribution alignment (Berthelot et al., 2020, Sec. 3.2):
+    q~ = Normalize(q * p(y) / p~(y)), with p~ the running mean of the model's predictions on
+    unlabeled images and p(y) the class distribution of the labeled ones; ``eps`` as USB's hook.
+    probs [N, C] (rows sum to 1), p_model and p_target [C]. Returns [N, C], rows summing to 1."""
+    q = f32(probs.detach())
+    ratio = (f32(p_target).to(q.dtype) + eps) / (f32(p_model).to(q.dtype) + eps)
+    aligned = q * ratio
+    return aligned / aligned.sum(dim=1, keepdim=True)
 
 
 def moving_baseline(baseline: torch.Tensor, value: torch.Tensor, rate: float = 0.01
