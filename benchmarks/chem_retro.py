@@ -120,7 +120,7 @@ def main() -> None:
                          for key in recorded[t]) for t in eval_targets)
         proto = {"recipe": a.recipe, "building_blocks_from": a.building_blocks,
                  "withhold": a.withhold, "building_blocks": len(bbs), "expansions": a.expansions,
-                 "eval_targets": len(eval_targets),
+                 "eval_targets": len(eval_targets), "train_targets": len(train_targets),
                  "withheld_per_target_mean": (sum(map(len, withheld.values()))
                                               / max(1, len(withheld))),
                  "eval_recorded_reactants_are_blocks": lookup / len(eval_targets)}
