@@ -70,6 +70,13 @@ def main() -> None:
     ap.add_argument("--offspring", type=int, default=256)
     ap.add_argument("--queue", type=int, default=512)
     ap.add_argument("--start-size", type=int, default=1000)
+    ap.add_argument("--gegl-scaled", type=int, default=0, metavar="ROUNDS",
+                    help="GEGL with the paper's proportions at this budget over about ROUNDS "
+                    "rounds (GEGLConfig.scaled; overrides --samples/--offspring/--queue) and the "
+                    "same 120-molecule random start as gbga per seed; 0 = the sizes given")
+    ap.add_argument("--gegl-parents", choices=["uniform", "score"], default="uniform")
+    ap.add_argument("--gegl-operators", choices=["gbga", "first"], default="gbga")
+    ap.add_argument("--tag", default="", help="a label written into every row")
     ap.add_argument("--results", default="benchmarks/results/chem_design.jsonl")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pretrain-only", action="store_true",
@@ -97,10 +104,24 @@ def main() -> None:
                              seed=seed)
                 else:
                     model = SmilesLSTM.load(Path(a.apprentice))   # the same start every time
-                    res = gegl(oracle, model, GEGLConfig(samples=a.samples, offspring=a.offspring,
-                                                         queue_size=a.queue), mode=method, seed=seed)
+                    knobs = {"parents": a.gegl_parents, "operators": a.gegl_operators}
+                    if a.gegl_scaled:
+                        cfg = GEGLConfig.scaled(budget, a.gegl_scaled, **knobs)
+                        start = random.Random(seed).choices(corpus, k=120)   # gbga's start
+                    else:
+                        cfg = GEGLConfig(samples=a.samples, offspring=a.offspring,
+                                         queue_size=a.queue, **knobs)
+                        start = None
+                    res = gegl(oracle, model, cfg, mode=method, seed=seed, start=start)
                     extra = {"rounds": res["rounds"], "validity": res["validity"],
-                             "stopped": res["stopped"]}
+                             "validity_per_round": res["validity_per_round"],
+                             "stopped": res["stopped"], "apprentice": a.apprentice,
+                             "gegl": {k: getattr(cfg, k) for k in
+                                      ("samples", "offspring", "queue_size", "imitation_steps",
+                                       "batch_size", "mutation_rate", "parents", "operators")},
+                             "start": "gbga120" if start else "none"}
+                if a.tag:
+                    extra["tag"] = a.tag
                 scores = [s for _, s in oracle.history]
                 for b in a.budgets:
                     row = {"objective": objective, "method": method, "seed": seed, "budget": b,

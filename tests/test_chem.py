@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfsup.chem.apprentice import (ApprenticeConfig, SmilesLSTM, Vocab, sample_valid,
+from selfsup.chem.apprentice import (ApprenticeConfig, SmilesLSTM, Vocab, draw_batch,
+                                     length_order, sample_valid,
                                      tokenize, train_mle)
 from selfsup.chem.ga import crossover, graph_ga, mutate, mutation_reactions
 from selfsup.chem.gegl import GEGLConfig, gegl
@@ -192,11 +193,95 @@ def test_gegl_and_baselines_stop_at_the_budget(mode, tmp_path):
                                     batch_size=16, patience=3), mode=mode, seed=0)
     assert o.calls <= 60 and out["rounds"] >= 1
     assert out["stopped"] == ("budget" if o.exhausted else "patience")
-    if mode == "gegl":   # the expert's offspring alone fill the budget quickly
+    if mode == "gegl":   # the first variant's expert (ga.py's operators) fills it quickly
+        o = Oracle(qed, budget=60)   # (GB-GA's size rule rejects most children of this
+        gegl(o, SmilesLSTM.load(path),   # 3%-valid apprentice's tiny molecules)
+             GEGLConfig(samples=64, offspring=32, queue_size=16, imitation_steps=1,
+                        batch_size=16, patience=3, operators="first"), mode=mode, seed=0)
         assert o.exhausted
     assert [s for s, _ in out["queue"]] == [s for s, _ in sorted(out["queue"], key=lambda t: -t[1])]
     with pytest.raises(ValueError, match="mode"):
         gegl(o, model, mode="nope")
+
+
+@needs_chem_data
+def test_gegl_expert_draws_its_mating_pool_as_the_official_code(monkeypatch):
+    """Official GEGL: N parents uniformly (with replacement) from Q_A, GB-GA's operators;
+    ``parents="score"`` weights the draw by score."""
+    import collections
+
+    from selfsup.chem import gbga
+    from selfsup.chem.gegl import expert_offspring
+
+    # score-weighted: weights score - min, so the first gets 39 / (39 + 18) = 0.68 of the draws
+    queue = {s: (40.0 if i == 0 else 1.0 if i == 1 else 2.0) for i, s in
+             enumerate(read_smiles(CHEM / "zinc250k.txt.gz", limit=20))}
+    first = next(iter(queue))
+    for parents, lo, hi in (("uniform", 0.03, 0.075), ("score", 0.63, 0.73)):
+        pools = []
+        monkeypatch.setattr(gbga, "reproduce", lambda pool, rate, rng: pools.append(pool))
+        out = expert_offspring(queue, GEGLConfig(offspring=2000, parents=parents),
+                               random.Random(0))
+        assert out == [] and len(pools) == 2000 and all(p is pools[0] for p in pools)
+        counts = collections.Counter(canonical_of(m) for m in pools[0])
+        assert len(pools[0]) == 2000 and lo < counts[canonical(first)] / 2000 < hi, parents
+        monkeypatch.undo()
+    children = expert_offspring(queue, GEGLConfig(offspring=30, mutation_rate=0.5),
+                                random.Random(0))
+    assert children and all(canonical(c) == c for c in children)
+    assert not set(children) & {canonical(s) for s in queue}   # a child is never its parent
+    with pytest.raises(ValueError, match="parents"):
+        expert_offspring(queue, GEGLConfig(parents="best"), random.Random(0))
+
+
+@needs_chem_data
+def test_gegl_start_molecules_are_scored_first_and_queued():
+    data = read_smiles(CHEM / "zinc250k.txt.gz", limit=300)
+    model = tiny_apprentice(data)
+    start = data[:10]
+    o = Oracle(qed, budget=30)
+    out = gegl(o, model, GEGLConfig(samples=8, offspring=8, queue_size=4, imitation_steps=1,
+                                    batch_size=4, patience=2), mode="random", seed=0,
+               start=start)
+    assert [canonical(s) for s, _ in o.history[:10]] == [canonical(s) for s in start]
+    best_start = max(qed(to_mol(s)) for s in start)
+    assert out["queue"][0][1] >= best_start - 1e-9
+    assert len(out["validity_per_round"]) == out["rounds"]
+
+
+def canonical_of(mol):
+    from selfsup.chem.molecules import mol_to_smiles
+    return mol_to_smiles(mol)
+
+
+def test_gegl_scaled_config_keeps_the_papers_proportions():
+    # paper: N = 8,192 samples and offspring, K = 1,024, 8 imitation steps x 256 = 2K
+    cfg = GEGLConfig.scaled(10_000, rounds=10)
+    assert (cfg.samples, cfg.offspring, cfg.queue_size) == (500, 500, 62)
+    assert cfg.samples // cfg.queue_size == 8 and cfg.imitation_steps == 8
+    assert abs(cfg.imitation_steps * cfg.batch_size - 2 * cfg.queue_size) <= 8
+    paper = GEGLConfig.scaled(2 * 8192 * 200, rounds=200)
+    assert (paper.samples, paper.queue_size, paper.batch_size) == (8192, 1024, 256)
+    assert GEGLConfig.scaled(10_000, parents="score").parents == "score"
+
+
+def test_length_bucketed_batches_are_windows_of_similar_length():
+    smiles = ["C" * (1 + (7 * i) % 40) for i in range(200)]
+    order = length_order(smiles)
+    assert [len(smiles[i]) for i in order] == sorted(len(s) for s in smiles)
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(300):
+        idx = draw_batch(len(smiles), 16, gen, order)
+        lengths = [len(smiles[i]) for i in idx]
+        assert len(idx) == 16 and lengths == sorted(lengths)
+        pos = order.index(idx[0])
+        assert idx == order[pos:pos + 16]          # a window of neighbours in length order
+        seen.update(idx)
+    assert len(seen) == 200                        # every molecule is reachable
+    # the uniform draw is unchanged, and a batch never exceeds the corpus
+    assert len(draw_batch(5, 16, torch.Generator().manual_seed(0))) == 5
+    assert sorted(draw_batch(5, 16, gen, length_order(smiles[:5]))) == list(range(5))
 
 
 @needs_chem_data

@@ -151,6 +151,25 @@ class SmilesLSTM(nn.Module):
         return model
 
 
+def draw_batch(n: int, batch_size: int, generator: torch.Generator | None = None,
+               by_length: list[int] | None = None) -> list[int]:
+    """Indices of one training batch of a corpus of ``n``: uniform with replacement, or - with
+    ``by_length`` (the corpus indices sorted by SMILES length) - a window of ``batch_size``
+    neighbours in that order starting at a uniform position (length bucketing: a batch pads to
+    its longest SMILES, so similar lengths waste less compute; 1.4-1.6x faster per step on ZINC
+    here, BENCHMARKS 9.1.3)."""
+    batch_size = min(batch_size, n)
+    if by_length is None:
+        return torch.randint(0, n, (batch_size,), generator=generator).tolist()
+    start = int(torch.randint(0, n - batch_size + 1, (1,), generator=generator))
+    return by_length[start:start + batch_size]
+
+
+def length_order(smiles: list[str]) -> list[int]:
+    """Corpus indices sorted by SMILES length (stable), for ``draw_batch(by_length=...)``."""
+    return sorted(range(len(smiles)), key=lambda i: len(smiles[i]))
+
+
 def train_mle(model: SmilesLSTM, smiles: list[str], steps: int, batch_size: int = 128,
               lr: float = 1e-3, generator: torch.Generator | None = None,
               optimizer: torch.optim.Optimizer | None = None, clip: float = 1.0,

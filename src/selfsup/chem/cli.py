@@ -66,6 +66,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--no-bucket", dest="bucket", action="store_false",
+                   help="draw batches uniformly instead of as windows of similar-length SMILES "
+                   "(length bucketing, the default: less padding, 1.4-1.6x faster per step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", "-o", required=True, help="the apprentice file to write (.pt)")
     p.add_argument("--threads", type=int, default=0)
@@ -230,7 +233,8 @@ def cmd_pretrain_apprentice(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from .apprentice import ApprenticeConfig, SmilesLSTM, Vocab, sample_valid
+    from .apprentice import (ApprenticeConfig, SmilesLSTM, Vocab, draw_batch, length_order,
+                             sample_valid)
     from .molecules import read_smiles
 
     try:
@@ -248,7 +252,8 @@ def cmd_pretrain_apprentice(args) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     settings = {"corpus": str(args.corpus), "limit": args.limit, "hidden": args.hidden,
                 "layers": args.layers, "batch_size": args.batch_size, "lr": args.lr,
-                "seed": args.seed}
+                "seed": args.seed, "bucket": args.bucket}
+    order = length_order(corpus) if args.bucket else None
     model = SmilesLSTM(Vocab.from_smiles(corpus),
                        ApprenticeConfig(hidden_dim=args.hidden, layers=args.layers))
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -268,7 +273,7 @@ def cmd_pretrain_apprentice(args) -> int:
     model.train()
     t0, seen = time.time(), 0
     while step < args.steps:
-        idx = torch.randint(0, len(corpus), (args.batch_size,), generator=gen).tolist()
+        idx = draw_batch(len(corpus), args.batch_size, gen, order)
         ids = model.batch([corpus[i] for i in idx])
         loss = model.nll(ids)
         opt.zero_grad()
