@@ -115,6 +115,8 @@ def main() -> None:
                     res = gegl(oracle, model, cfg, mode=method, seed=seed, start=start)
                     extra = {"rounds": res["rounds"], "validity": res["validity"],
                              "validity_per_round": res["validity_per_round"],
+                             "queue_means_per_round": res["queue_means_per_round"],
+                             "top10_from_expert": res["top10_from_expert"],
                              "stopped": res["stopped"], "apprentice": a.apprentice,
                              "gegl": {k: getattr(cfg, k) for k in
                                       ("samples", "offspring", "queue_size", "imitation_steps",

@@ -246,7 +246,8 @@ def test_gegl_start_molecules_are_scored_first_and_queued():
     assert [canonical(s) for s, _ in o.history[:10]] == [canonical(s) for s in start]
     best_start = max(qed(to_mol(s)) for s in start)
     assert out["queue"][0][1] >= best_start - 1e-9
-    assert len(out["validity_per_round"]) == out["rounds"]
+    assert len(out["validity_per_round"]) == len(out["queue_means_per_round"]) == out["rounds"]
+    assert 0 <= out["top10_from_expert"] <= 10
 
 
 def canonical_of(mol):

@@ -156,7 +156,7 @@ def draw_batch(n: int, batch_size: int, generator: torch.Generator | None = None
     """Indices of one training batch of a corpus of ``n``: uniform with replacement, or - with
     ``by_length`` (the corpus indices sorted by SMILES length) - a window of ``batch_size``
     neighbours in that order starting at a uniform position (length bucketing: a batch pads to
-    its longest SMILES, so similar lengths waste less compute; 1.4-1.6x faster per step on ZINC
+    its longest SMILES, so similar lengths waste less compute; 1.3-1.6x faster per step on ZINC
     here, BENCHMARKS 9.1.3)."""
     batch_size = min(batch_size, n)
     if by_length is None:

@@ -68,7 +68,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--no-bucket", dest="bucket", action="store_false",
                    help="draw batches uniformly instead of as windows of similar-length SMILES "
-                   "(length bucketing, the default: less padding, 1.4-1.6x faster per step)")
+                   "(length bucketing, the default: less padding, 1.3-1.6x faster per step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", "-o", required=True, help="the apprentice file to write (.pt)")
     p.add_argument("--threads", type=int, default=0)

@@ -111,7 +111,7 @@ def gegl(oracle: Oracle, apprentice: SmilesLSTM, cfg: GEGLConfig | None = None,
     opt = torch.optim.Adam(apprentice.parameters(), lr=cfg.lr)
     q_app: dict[str, float] = {}
     q_exp: dict[str, float] = {}
-    rounds, stale, validity = 0, 0, []
+    rounds, stale, validity, means = 0, 0, [], []
     if start:   # the official ``init``: scored, then in both queues (PMO: the same start for all)
         _score_into(oracle, start, q_app)
         q_app = _top(q_app, cfg.queue_size)
@@ -132,6 +132,7 @@ def gegl(oracle: Oracle, apprentice: SmilesLSTM, cfg: GEGLConfig | None = None,
                 train_mle(apprentice, data, cfg.imitation_steps, cfg.batch_size,
                           generator=gen, optimizer=opt)
         rounds += 1
+        means.append([round(sum(q.values()) / len(q), 4) if q else None for q in (q_app, q_exp)])
         stale = stale + 1 if oracle.calls == before else 0
         if on_round is not None:
             on_round(rounds, oracle)
@@ -139,4 +140,8 @@ def gegl(oracle: Oracle, apprentice: SmilesLSTM, cfg: GEGLConfig | None = None,
     return {"queue": list(best.items()), "rounds": rounds,
             "validity": float(sum(validity) / max(1, len(validity))),
             "validity_per_round": [round(v, 3) for v in validity],
+            # diagnostics: mean score of the apprentice's and the expert's queue after each
+            # round, and how many of the final top 10 only the expert found
+            "queue_means_per_round": means,
+            "top10_from_expert": sum(1 for s, _ in list(best.items())[:10] if s not in q_app),
             "stopped": "budget" if oracle.exhausted else "patience"}
