@@ -82,10 +82,10 @@ def _score_into(oracle: Oracle, smiles: list[str], queue: dict[str, float]) -> b
 
 def expert_offspring(queue: dict[str, float], cfg: GEGLConfig, rng: random.Random) -> list[str]:
     """The genetic expert's children of the apprentice's queue (up to ``cfg.offspring``)."""
-    smiles, scores = list(queue), list(queue.values())
-    weights = None if cfg.parents == "uniform" else selection_weights(scores)
     if cfg.parents not in ("uniform", "score"):
         raise ValueError(f"GEGL parents must be 'uniform' or 'score', not {cfg.parents!r}")
+    smiles = list(queue)
+    weights = None if cfg.parents == "uniform" else selection_weights(list(queue.values()))
     if cfg.operators == "first":
         return reproduce(smiles, weights or [1.0] * len(smiles), cfg.offspring, rng,
                          cfg.mutation_rate)
