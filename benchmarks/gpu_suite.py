@@ -51,6 +51,10 @@ def throughput(data: str, device: str, batch: int, steps: int, warmup: int, smok
                 f"train.batch_size={batch}", f"train.device={device}"]
         if name == "mocov2":
             over.append(f"method.queue_size={4 * batch}")
+        if smoke and name in ("barlow_twins", "vicreg"):   # 8192-wide projectors: 5 s a CPU step
+            over.append("method.proj_dim=256")
+        if smoke and name == "dino":
+            over += ["method.out_dim=1024", "method.hidden_dim=256"]
         cfg = load_config(None, over)
         try:
             m = build_method(cfg).to(device)

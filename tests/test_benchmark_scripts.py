@@ -52,7 +52,8 @@ def test_gpu_suite_smoke_mode_on_cpu(tiny_cifar, tmp_path):
 def test_throughput_reports_step_overhead_against_plain_pass(tiny_cifar, tmp_path):
     res_path = tmp_path / "t.json"
     run(["benchmarks/throughput.py", "--data", str(tiny_cifar), "--steps", "4", "--warmup-steps",
-         "1", "--batch-size", "32", "--plain-steps", "2", "--precision", "bf16",
+         "1", "--batch-size", "16", "--backbone", "convnet", "--plain-steps", "2",
+         "--precision", "bf16",
          "--out", str(res_path)], tmp_path)
     res = json.loads(res_path.read_text())
     assert res["precision"] == "bf16" and res["timed_steps"] == 3

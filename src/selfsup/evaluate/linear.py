@@ -7,16 +7,15 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 from ..data.splits import stratified_split
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 7))
 
 
-def _fit(clf: LogisticRegression, x, y, c) -> LogisticRegression:
+def _fit(clf, x, y, c):
+    from sklearn.exceptions import ConvergenceWarning
+
     clf.set_params(C=c)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -29,6 +28,11 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, val_fractio
                  return_predictions: bool = False) -> dict:
     """Returns {'linear_acc', 'linear_val_acc', 'linear_C'} (and 'predictions' on the test
     features when asked); C = 1 / L2 strength."""
+    # imported here: scikit-learn (with scipy) costs ~2 s at start-up, and training, predict
+    # and export never probe
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     x, y = np.asarray(train_feats, np.float32), np.asarray(train_labels)
     xt, yt = np.asarray(test_feats, np.float32), np.asarray(test_labels)
     tr, va = stratified_split(y, val_fraction, seed)
