@@ -39,6 +39,7 @@ def run_fit(folder: Path, out: Path, budget: str, seed: int, unlabeled: bool,
                          "stopped_by_time": cs.get("stopped_by_time"),
                          "replans": cs.get("replans")}
     comp = s["comparison"]
+    tta = _without_flip_tta(out / "classifier", folder / "test")
     return {"folder": folder.name, "seed": seed, "unlabeled": unlabeled, "budget": budget,
             "test_acc": s["headline"]["test_acc"], "test_acc_95ci": s["headline"]["test_acc_95ci"],
             "test_images": s["headline"]["test_images"], "kept": comp["kept"],
@@ -49,7 +50,29 @@ def run_fit(folder: Path, out: Path, budget: str, seed: int, unlabeled: bool,
             "labeled": s["labeled"], "validation": s["validation"], "n_unlabeled": s["unlabeled"],
             "precision": s["choices"].get("precision"), "wall_s": round(wall, 1),
             "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
-            "command": " ".join(cmd), "date": datetime.date.today().isoformat()}
+            "command": " ".join(cmd), "date": datetime.date.today().isoformat(), **tta}
+
+
+def _without_flip_tta(clf_dir: Path, test: Path) -> dict:
+    """The kept model's test accuracy with and without its flip test-time augmentation, on the
+    same weights (a paired measurement of what the averaging buys); {} for a model without it."""
+    import numpy as np
+
+    from selfsup.data import load_dataset
+    from selfsup.evaluate.features import extract_features
+    from selfsup.semisupervised import load_classifier
+
+    model, meta = load_classifier(clf_dir)
+    if not getattr(model, "flip_tta", False):
+        return {}
+    ds = load_dataset("folder", path=str(test), image_size=int(meta["image_size"]),
+                      progress=False).aligned_to(json.loads(meta["classes"]))
+    acc = {}
+    for on in (True, False):
+        model.flip_tta = on
+        pred = extract_features(model, ds, device="cpu").argmax(1)
+        acc[on] = float(np.mean(pred == ds.labels))
+    return {"test_acc_flip_tta": acc[True], "test_acc_no_tta": acc[False]}
 
 
 def main() -> None:

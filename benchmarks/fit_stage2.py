@@ -65,17 +65,29 @@ def main() -> None:
     _, cfg = _stage_configs(c, ["train.progress=false"], a.seed)
     cfg = apply_overrides(cfg, list(a.overrides))
     t0 = time.time()
-    _, s = train_semisup(cfg, a.out_dir / a.name, init=a.init, data=data)
+    run, s = train_semisup(cfg, a.out_dir / a.name, init=a.init, data=data)
+    tta = flip_tta_pair(run, test)
     row = {"name": a.name, "steps": a.steps, "seed": a.seed, "init": str(a.init or "scratch"),
            "labeled_train": len(tr), "val": len(va),
            "overrides": a.overrides, "test_acc": s.get("test_acc_final"),
            "val_acc": s.get("val_acc_final"), "train_seconds": round(s.get("train_seconds", 0), 1),
            "wall_s": round(time.time() - t0, 1),
-           "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
+           "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), **tta}
     print(json.dumps(row))
     a.results.parent.mkdir(parents=True, exist_ok=True)
     with open(a.results, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def flip_tta_pair(run: Path, test) -> dict:
+    """The final model's test accuracy without and with flip test-time augmentation (the same
+    weights: a paired measurement of what `fit`'s averaging over mirror images buys)."""
+    from selfsup.semisupervised import accuracy, load_classifier
+
+    model, _ = load_classifier(run)
+    model.flip_tta = False
+    return {"test_acc_no_tta": accuracy(model, test, "cpu"),
+            "test_acc_flip_tta": accuracy(model, test, "cpu", flip_tta=True)}
 
 
 if __name__ == "__main__":

@@ -153,6 +153,7 @@ def test_fit_stage2_trains_fits_recipe_and_logs_pseudo_label_accuracy(tmp_path):
          "method.ema_teacher=true", "train.eval_every=2"], tmp_path)
     row = json.loads(results.read_text().splitlines()[-1])
     assert row["steps"] == 2 and row["init"] == "scratch" and 0.0 <= row["test_acc"] <= 1.0
+    assert 0.0 <= row["test_acc_no_tta"] <= 1.0 and 0.0 <= row["test_acc_flip_tta"] <= 1.0
     logged = [json.loads(x) for x in (tmp_path / "runs" / "t" / "metrics.jsonl").read_text()
               .splitlines()]
     assert any("pl_acc" in r for r in logged if r.get("kind") == "train")

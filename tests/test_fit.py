@@ -37,6 +37,23 @@ def test_choose_uses_the_budget_and_the_data():
     assert choose(500, 0, 400, "cpu", None).image_size == 64
 
 
+def test_the_budget_keeps_the_time_the_evaluations_after_training_need():
+    """The test and validation images are scored after training (flip-averaged: twice), at a
+    speed read off the measured step; that time is taken off the training plan (2026-12-02: on
+    a slow CPU a fixed reserve let a 10-minute fit run 638 s)."""
+    from selfsup.fitplan import evaluation_reserve
+
+    base = choose(500, 5000, 30, "cpu", 600, lambda c: (0.5, 0.25), spent=lambda: 100.0)
+    c = choose(500, 5000, 30, "cpu", 600, lambda c: (0.5, 0.25), spent=lambda: 100.0,
+               n_test=10000, n_val=50)
+    forwards = c.batch * (3 * (1 + c.uratio) + c.uratio)   # EMA teacher: B + 4B trained, 4B fwd
+    assert c.flip_tta and c.eval_reserve_s == round((2 * 10000 + 6 * 50) * 2 * 0.25 / forwards, 1)
+    assert c.ssl_steps == int(0.2 * (500 - c.eval_reserve_s) / 0.5) < base.ssl_steps
+    assert base.eval_reserve_s == 0.0 and "10000 test" in c.reasons["eval_reserve_s"]
+    c.flip_tta = False
+    assert evaluation_reserve(c, 0.25, 10000, 50) == pytest.approx(c.eval_reserve_s / 2, abs=0.1)
+
+
 def test_replanning_stage2_never_assumes_it_runs_faster_than_measured():
     """Stage 2's steps are re-planned from how stage 1 really ran: slower than measured scales
     stage 2's step time up; faster than measured does not scale it down (stage 2 evaluates and

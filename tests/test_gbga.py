@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("rdkit")
 
-from selfsup.chem.gbga import (crossover, gb_ga, mutate, ring_ok,  # noqa: E402
-                               selection_weights, size_ok)
+from selfsup.chem.gbga import (AVERAGE_SIZE, SIZE_STDEV, crossover, gb_ga,  # noqa: E402
+                               mutate, ring_ok, selection_weights, size_ok)
 from selfsup.chem.molecules import mol_to_smiles, to_mol  # noqa: E402
 from selfsup.chem.objectives import qed  # noqa: E402
 from selfsup.chem.oracle import Oracle  # noqa: E402
@@ -32,6 +32,23 @@ def test_size_rule_draws_the_limit_around_zinc_size():
     big = to_mol("C" * 39)
     share = sum(size_ok(big, rng) for _ in range(2000)) / 2000   # P(39 < N(39.15, 3.5)) ~ 0.52
     assert 0.45 < share < 0.58
+    # the uncapped variant (a GA matched to an oracle that sets its own size limit): no upper
+    # limit, the lower one kept
+    huge = to_mol("C" * 81)
+    assert not size_ok(huge, rng) and size_ok(huge, rng, cap=False)
+    assert not size_ok(to_mol("CCCCC"), rng, cap=False)
+
+
+def test_without_the_size_cap_crossover_children_may_exceed_it():
+    """Two 40-carbon chains: a capped crossover never makes a child above the size rule's
+    largest draws; the uncapped one (`gb_ga(size_cap=False)`) does, from the same parents."""
+    rng = random.Random(0)
+    a, b = to_mol("C" * 40), to_mol("C" * 36 + "O" + "CCC")
+    capped = [crossover(a, b, rng) for _ in range(20)]
+    free = [crossover(a, b, rng, cap=False) for _ in range(20)]
+    limit = AVERAGE_SIZE + 5 * SIZE_STDEV
+    assert all(c is None or c.GetNumAtoms() < limit for c in capped)
+    assert max(c.GetNumAtoms() for c in free if c is not None) > limit
 
 
 def test_crossover_children_are_valid_new_and_within_the_rules():

@@ -116,6 +116,9 @@ class EvalConfig:
                                      # 0 = the final features). RotNet's best is stage 2 of 4.
     median_last: int = 5             # semi-supervised: report the median test accuracy of the
                                      # last N evaluations (FixMatch: 20 checkpoints)
+    flip_tta: bool = False           # semi-supervised: classify (every evaluation, and the
+                                     # saved model in predict/export) by the mean logits of the
+                                     # image and its mirror; for models trained with flips
     test_curve: bool = True          # semi-supervised: the test set at every evaluation (a
                                      # learning curve); false: once, after training (`fit`: the
                                      # user's budget goes to training, not to a test curve)

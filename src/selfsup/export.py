@@ -169,7 +169,10 @@ def export_model(run_dir: str | Path, out_dir: str | Path, check_images: list[st
                "normalisation": "inside the graph: (x - mean) / std", "mean": mean, "std": std,
                "image_size": size, "classes": json.loads(meta["classes"]),
                "outputs": ["logits [batch, classes]", "probabilities [batch, classes]"],
-               "backbone": meta["backbone"], "method": meta.get("method", "")}
+               "backbone": meta["backbone"], "method": meta.get("method", ""),
+               "test_time_augmentation": ("inside the graph: logits = mean of the image's and "
+                                          "its mirror image's" if getattr(model, "flip_tta", False)
+                                          else "none")}
         calib = (run_dir / "calibration.json") if run_dir.is_dir() else None
         if calib is not None and calib.exists():
             pre["uncertainty"] = rundir.read_json(calib)

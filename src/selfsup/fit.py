@@ -127,6 +127,7 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     n_train_lab = n_lab_files - (max(len(counts), int(round(val_frac * n_lab_files))) if use_val
                                  else 0)
     n_unl_files = sum(1 for _ in getattr(open_source(unlabeled), "items", [])) if unlabeled else 0
+    n_test_files = sum(1 for _ in getattr(open_source(test), "items", [])) if test else 0
 
     def step_seconds(c: Choices):
         # measured before the step counts are chosen: any valid count builds the same step
@@ -148,7 +149,8 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
         c = Choices(**{k: saved[k] for k in Choices.__dataclass_fields__ if k in saved})
     else:
         c = choose(n_train_lab, n_unl_files, side, device, planned, step_seconds,
-                   spent=lambda: time.time() - t_start)
+                   spent=lambda: time.time() - t_start, n_test=n_test_files,
+                   n_val=n_lab_files - n_train_lab)
     c.val_fraction = val_frac
     c.reasons["val_fraction"] = (
         f"{100 * val_frac:.0f}% of each class held out to choose between models and calibrate "
@@ -198,7 +200,7 @@ def _fit(labeled, out: Path, unlabeled, test, budget_s, overrides, forced, seed,
     ssl_total = len(train_idx) + (len(unl) if unl else 0)
     c.ssl_batch = max(2, min(c.ssl_batch, ssl_total))
     ssl_cfg, _ = _stage_configs(c, overrides, seed)
-    usable = planned
+    usable = planned - c.eval_reserve_s if planned else planned   # the evaluations' time kept
     if usable:   # each stage ends by the clock too: the budget holds even when steps run slow
         left = usable - (time.time() - t_start)
         ssl_cfg = apply_overrides(ssl_cfg,

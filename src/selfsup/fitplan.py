@@ -34,6 +34,8 @@ class Choices:
     precision: str = "auto"    # train.precision of both stages
     labels_only_steps: int = 0   # the labels-only candidate's steps (0: the same as ``steps``)
     ema_teacher: bool = False    # method.ema_teacher of the FixMatch-family stage 2
+    flip_tta: bool = False       # eval.flip_tta of stage 2 (off where augment.flip_p is 0)
+    eval_reserve_s: float = 0.0  # of the budget kept for the work after training (measured speed)
 
 
 # Of the training time under --budget, the share of SimCLR pretraining (0.45 until 2026-12-01).
@@ -74,6 +76,24 @@ def validation_fraction(n_labeled: int) -> float:
 BUDGET_USE = 0.95         # of --budget planned for training; the rest: evaluation and the report
 REPORT_RESERVE_S = 8.0
 MIN_STEPS_TO_REPLAN = 50   # stage 1 must run this many steps for its speed to re-plan stage 2
+
+
+def evaluation_reserve(c: "Choices", s_semi: float, n_test: int, n_val: int) -> float:
+    """Seconds for the forward passes after training, from the measured stage-2 step: the test
+    images twice (the headline, the report) and the validation images about six times (the
+    candidates' comparison, calibration, the report), each twice with flip averaging. A
+    training pass costs about three forward passes; a FixMatch-family step trains on B + uratio
+    B images and passes uratio B more forward only with the EMA teacher (else trains on B + 2
+    uratio B). On a 2-core EPYC without bfloat16 (0.78 s per step) the 10,000 CIFAR-10 test
+    images made the fixed 38 s reserve 57 s (2026-12-02)."""
+    if c.semisup_method == "supervised":
+        forwards = 3.0 * c.batch
+    elif c.ema_teacher:
+        forwards = c.batch * (3.0 * (1 + c.uratio) + c.uratio)
+    else:
+        forwards = 3.0 * c.batch * (1 + 2 * c.uratio)
+    passes = (2 * n_test + 6 * n_val) * (2 if c.flip_tta else 1)
+    return passes * s_semi / forwards
 
 
 def ssl_share(c: "Choices") -> float:
@@ -121,10 +141,11 @@ def replanned_steps(c: "Choices", ssl_steps_run: int, ssl_seconds: float,
 
 
 def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: float | None,
-           step_seconds=None, spent=lambda: 0.0) -> Choices:
+           step_seconds=None, spent=lambda: 0.0, n_test: int = 0, n_val: int = 0) -> Choices:
     """The recipe. ``step_seconds(choices)`` -> (seconds per SSL step, per semi-supervised step)
     measures the two steps on this machine when a budget is given; ``budget_s`` is the training
-    time and ``spent()`` what has been used of it so far (decoding, measuring)."""
+    time and ``spent()`` what has been used of it so far (decoding, measuring); ``n_test`` and
+    ``n_val`` images are evaluated after training (``evaluation_reserve``)."""
     r: dict[str, str] = {}
     gpu = device.startswith("cuda")
     if side <= 48:
@@ -183,6 +204,11 @@ def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: f
         r["ema_teacher"] = ("the EMA model labels the unlabeled photos (EMAN): a step skips the "
                             "backward pass over their weak views, 1.45x the steps in the same "
                             "time, level or ahead at equal time on CIFAR-10 (BENCHMARKS.md 6)")
+    c.flip_tta = True
+    r["flip_tta"] = ("the classifier's answer is the mean of its logits for the photo and its "
+                     "mirror image (it was trained with random mirroring, so both are the same "
+                     "photo to it; measured in BENCHMARKS.md 6); off with augment.flip_p=0 "
+                     "or eval.flip_tta=false")
     if budget_s is None or step_seconds is None:
         c.ssl_steps = int(np.clip(30 * total / ssl_batch, 100, 5000))
         c.steps = int(np.clip(50 * n_labeled / batch, 100, 3000))
@@ -190,7 +216,12 @@ def choose(n_labeled: int, n_unlabeled: int, side: int, device: str, budget_s: f
                       f"{c.steps} semi-supervised steps")
     else:
         s_ssl, s_semi = step_seconds(c)
-        usable = max(10.0, budget_s - spent())   # what is left after measuring and decoding
+        c.eval_reserve_s = round(evaluation_reserve(c, s_semi, n_test, n_val), 1)
+        r["eval_reserve_s"] = (f"{c.eval_reserve_s} s of the budget kept for evaluating "
+                               f"{n_test} test and {n_val} validation images after training "
+                               f"(from the measured step{', flip-averaged' if c.flip_tta else ''})")
+        # what is left after measuring, decoding and the evaluations after training
+        usable = max(10.0, budget_s - spent() - c.eval_reserve_s)
         r["measured_s_per_step"] = {"ssl": s_ssl, "semi": s_semi}
         share = ssl_share(c)
         c.ssl_steps = max(10, int(share * usable / s_ssl))
@@ -315,6 +346,10 @@ def _stage_configs(c: Choices, overrides, seed: int) -> tuple[RunConfig, RunConf
         semi = apply_overrides(semi, [f"method.ema_p={FREEMATCH_EMA_P}"])
     if c.ema_teacher and c.semisup_method in ("fixmatch", "flexmatch", "freematch"):
         semi = apply_overrides(semi, ["method.ema_teacher=true"])
+    if c.flip_tta:
+        semi = apply_overrides(semi, ["eval.flip_tta=true"])
     if overrides:
         ssl, semi = apply_overrides(ssl, list(overrides)), apply_overrides(semi, list(overrides))
+    if semi.eval.flip_tta and semi.augment.flip_p == 0 and "eval.flip_tta=true" not in overrides:
+        semi = apply_overrides(semi, ["eval.flip_tta=false"])   # never mirrored in training
     return ssl, semi

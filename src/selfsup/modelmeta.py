@@ -35,6 +35,8 @@ def check_model_metadata(meta: dict, path) -> None:
                 bad(k, f"is {meta[k][:20]}, outside [{lo:g}, {hi:g}]")
     if meta.get("pool", "cls") not in ("cls", "mean"):
         bad("pool", f"is {meta['pool'][:20]!r}, not cls or mean")
+    if meta.get("flip_tta", "false") not in ("true", "false"):
+        bad("flip_tta", f"is {meta['flip_tta'][:20]!r}, not true or false")
     try:
         classes = json.loads(meta["classes"])
         mean, std = json.loads(meta["mean"]), json.loads(meta["std"])

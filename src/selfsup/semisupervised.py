@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import rundir
-from .config import RunConfig, apply_overrides, config_from_dict
+from .config import ConfigError, RunConfig, apply_overrides, config_from_dict
 from .data import ImageDataset
 from .data.splits import class_balanced_subset
 from .data.sources import DataError
@@ -66,8 +66,17 @@ def split_labeled(ds: ImageDataset, labels_per_class: int | None, val_per_class:
     return train, val, record
 
 
-def accuracy(model: torch.nn.Module, ds: ImageDataset, device) -> float:
-    logits = extract_features(model, ds, device=device)
+def accuracy(model: torch.nn.Module, ds: ImageDataset, device, flip_tta: bool = False) -> float:
+    """Top-1 accuracy; ``flip_tta``: of the logits averaged with the mirror image's (only for
+    this call: the model may be a teacher that must not average while it trains)."""
+    before = getattr(model, "flip_tta", False)
+    if flip_tta:
+        model.flip_tta = True
+    try:
+        logits = extract_features(model, ds, device=device)
+    finally:
+        if flip_tta:
+            model.flip_tta = before
     return float((logits.argmax(1) == ds.labels).mean())
 
 
@@ -77,7 +86,8 @@ def save_classifier(model: Classifier, cfg: RunConfig, classes: list[str], run_d
     from safetensors.torch import save_file
 
     meta = {**model_metadata(cfg), "classes": json.dumps(classes),
-            **(model.export_metadata() if hasattr(model, "export_metadata") else {})}
+            **(model.export_metadata() if hasattr(model, "export_metadata") else {}),
+            **({"flip_tta": "true"} if cfg.eval.flip_tta else {})}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = run_dir / "model.safetensors"
     with rundir.atomic_path(path) as tmp:
@@ -118,6 +128,7 @@ def load_classifier(run_dir: str | Path) -> tuple[Classifier, dict]:
                               std=json.loads(meta["std"]))
     else:
         model = Classifier(backbone, n)
+        model.flip_tta = meta.get("flip_tta") == "true"   # what its evaluations measured
     state = load_file(str(path))
     model.load_state_dict(state)
     return model.eval(), meta
@@ -224,6 +235,10 @@ def _train_semisup_locked(cfg, run_dir, init, prepare, stop_after, main, device,
         rundir.write_json(run_dir / "splits.json", record, indent=None)
     torch.manual_seed(cfg.train.seed)     # the same initial weights on every rank
     method = build_method(cfg)
+    tta = cfg.eval.flip_tta
+    if tta and not isinstance(method.eval_model, Classifier):
+        raise ConfigError(f"eval.flip_tta: method {name!r} has its own inference; set "
+                          f"eval.flip_tta=false")
     main_first(lambda: check_output_space(run_dir, method), everyone=False)
     if init is not None:
         loaded = _init_from(method, init, cfg)
@@ -241,9 +256,9 @@ def _train_semisup_locked(cfg, run_dir, init, prepare, stop_after, main, device,
     def monitor(_encoder) -> dict:
         row = {}
         if val_ds is not None:
-            row["val_acc"] = accuracy(method.eval_model, val_ds, device)
+            row["val_acc"] = accuracy(method.eval_model, val_ds, device, tta)
         if test_ds is not None and cfg.eval.test_curve:
-            row["test_acc"] = accuracy(method.eval_model, test_ds, device)
+            row["test_acc"] = accuracy(method.eval_model, test_ds, device, tta)
         history.append(row)
         return row
 
@@ -272,7 +287,7 @@ def _train_semisup_locked(cfg, run_dir, init, prepare, stop_after, main, device,
         barrier()
         return run_dir, result
     if test_ds is not None and not cfg.eval.test_curve and history:
-        history[-1]["test_acc"] = accuracy(method.eval_model, test_ds, device)   # once, at the end
+        history[-1]["test_acc"] = accuracy(method.eval_model, test_ds, device, tta)   # once, last
         rundir.write_json(hist_path, history, indent=None)
     summary = {"method": name, "seed": cfg.train.seed, **result,
                "train_seconds": time.time() - t0, "n_train": len(train_ds),

@@ -53,13 +53,15 @@ def ring_ok(mol) -> bool:
             and not mol.HasSubstructMatch(_smarts("[r3,r4]=[r3,r4]")))
 
 
-def size_ok(mol, rng: random.Random) -> bool:
-    """The product sanitises and has more than 5 and fewer than N(39.15, 3.5) heavy atoms."""
+def size_ok(mol, rng: random.Random, cap: bool = True) -> bool:
+    """The product sanitises and has more than 5 and fewer than N(39.15, 3.5) heavy atoms
+    (``cap=False``: no upper limit, for a GA matched to an oracle that sets its own)."""
     try:
         rdkit().SanitizeMol(mol)
     except Exception:
         return False
-    return 5 < mol.GetNumAtoms() < rng.gauss(AVERAGE_SIZE, SIZE_STDEV)
+    n = mol.GetNumAtoms()
+    return 5 < n and (not cap or n < rng.gauss(AVERAGE_SIZE, SIZE_STDEV))
 
 
 def _fragments(mol, bonds: list[int], labels):
@@ -103,20 +105,20 @@ def cut_ring(mol, rng: random.Random):
     return None
 
 
-def crossover_chain(a, b, rng: random.Random):
+def crossover_chain(a, b, rng: random.Random, cap: bool = True):
     for _ in range(10):
         fa, fb = cut_chain(a, rng), cut_chain(b, rng)
         if fa is None or fb is None:
             return None
         join = _reaction("[*:1]-[1*].[1*]-[*:2]>>[*:1]-[*:2]")
         children = [p[0][0] for x in fa for y in fb if (p := join.RunReactants((x, y)))]
-        children = [c for c in children if size_ok(c, rng)]
+        children = [c for c in children if size_ok(c, rng, cap)]
         if children:
             return rng.choice(children)
     return None
 
 
-def crossover_ring(a, b, rng: random.Random):
+def crossover_ring(a, b, rng: random.Random, cap: bool = True):
     ring = _smarts("[R]")
     if not a.HasSubstructMatch(ring) and not b.HasSubstructMatch(ring):
         return None
@@ -132,15 +134,15 @@ def crossover_ring(a, b, rng: random.Random):
         closed = []
         for rs in ("([*:1]~[1*].[1*]~[*:2])>>[*:1]-[*:2]", "([*:1]~[1*].[1*]~[*:2])>>[*:1]=[*:2]"):
             for m in joined:
-                if size_ok(m, rng):
+                if size_ok(m, rng, cap):
                     closed += [p[0] for p in _reaction(rs).RunReactants((m,))]
-        closed = [m for m in closed if size_ok(m, rng) and ring_ok(m)]
+        closed = [m for m in closed if size_ok(m, rng, cap) and ring_ok(m)]
         if closed:
             return rng.choice(closed)
     return None
 
 
-def crossover(a, b, rng: random.Random):
+def crossover(a, b, rng: random.Random, cap: bool = True):
     """A child of molecules a and b (ring or chain crossover, 50/50, 10 tries) whose SMILES is
     neither parent's; None when no try gives one."""
     Chem = rdkit()
@@ -153,7 +155,7 @@ def crossover(a, b, rng: random.Random):
             pass
     for _ in range(10):
         op = crossover_chain if rng.random() <= 0.5 else crossover_ring
-        child = op(a, b, rng)
+        child = op(a, b, rng, cap)
         if child is not None:
             smi = mol_to_smiles(child)
             if smi is not None and smi not in parents:
@@ -214,7 +216,7 @@ def _mutation_smarts(mol, rng: random.Random) -> str:
             "triple": f"[*;H3:1]>>[*:1]#{x}"}[order]
 
 
-def mutate(mol, rng: random.Random):
+def mutate(mol, rng: random.Random, cap: bool = True):
     """One random mutation (10 tries): a product that passes the size and ring rules, or None."""
     Chem = rdkit()
     mol = Chem.Mol(mol)
@@ -224,7 +226,7 @@ def mutate(mol, rng: random.Random):
         return None
     for _ in range(10):
         products = _reaction(_mutation_smarts(mol, rng)).RunReactants((mol,))
-        ok = [p[0] for p in products if size_ok(p[0], rng) and ring_ok(p[0])]
+        ok = [p[0] for p in products if size_ok(p[0], rng, cap) and ring_ok(p[0])]
         if ok:
             return rng.choice(ok)
     return None
@@ -237,18 +239,20 @@ def selection_weights(scores: list[float]) -> list[float]:
     return w if sum(w) > 0 else [1.0] * len(w)
 
 
-def reproduce(pool: list, mutation_rate: float, rng: random.Random):
-    child = crossover(rng.choice(pool), rng.choice(pool), rng)
+def reproduce(pool: list, mutation_rate: float, rng: random.Random, cap: bool = True):
+    child = crossover(rng.choice(pool), rng.choice(pool), rng, cap)
     if child is not None and rng.random() < mutation_rate:
-        child = mutate(child, rng)
+        child = mutate(child, rng, cap)
     return child
 
 
 def gb_ga(oracle: Oracle, library: list[str], population_size: int = 120, offspring: int = 70,
           mutation_rate: float = 0.067, seed: int = 0, patience: int = 5,
-          on_generation=None) -> list[tuple[str, float]]:
+          on_generation=None, size_cap: bool = True) -> list[tuple[str, float]]:
     """Run until the oracle's budget is spent or ``patience`` generations change nothing;
-    returns the final population [(canonical SMILES, score)], best first."""
+    returns the final population [(canonical SMILES, score)], best first. ``size_cap=False``
+    drops the upper atom limit of the size rule (a variant, not PMO's: for comparisons with a
+    method whose only limit is the oracle's, e.g. GEGL's 81-character penalized logP)."""
     rng = random.Random(seed)
     pop: dict[str, float] = {}
     try:
@@ -263,7 +267,7 @@ def gb_ga(oracle: Oracle, library: list[str], population_size: int = 120, offspr
         smiles, scores = list(pop), list(pop.values())
         pool = [to_mol(s) for s in rng.choices(smiles, weights=selection_weights(scores),
                                                k=population_size)]
-        children = [reproduce(pool, mutation_rate, rng) for _ in range(offspring)]
+        children = [reproduce(pool, mutation_rate, rng, size_cap) for _ in range(offspring)]
         before = sorted(pop.values())
         for child in children:
             smi = mol_to_smiles(child)

@@ -17,7 +17,14 @@ from ..nn.ema import ema_update, frozen_copy
 
 
 class Classifier(nn.Module):
-    """backbone -> dropout -> linear. ``forward`` gives logits [B, num_classes]."""
+    """backbone -> dropout -> linear. ``forward`` gives logits [B, num_classes].
+
+    ``flip_tta`` (off unless a saved model says so, ``eval.flip_tta``): in eval mode the logits
+    are the mean of the image's and its mirror image's (test-time augmentation for a model
+    trained with random horizontal flips). Training-mode calls never average, so a teacher
+    used in eval mode for pseudo-labels is unchanged unless it is asked for."""
+
+    flip_tta = False
 
     def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.0):
         super().__init__()
@@ -26,6 +33,9 @@ class Classifier(nn.Module):
         self.fc = nn.Linear(backbone.embed_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flip_tta and not self.training:
+            # two passes, not one over the concatenation: torch.export would fix the batch size
+            return (self.fc(self.backbone(x)) + self.fc(self.backbone(x.flip(-1)))) / 2
         return self.fc(self.dropout(self.backbone(x)))
 
 
