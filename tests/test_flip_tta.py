@@ -121,5 +121,7 @@ def test_fit_averages_over_mirrors_only_when_it_trains_with_them():
     assert _stage_configs(c, [], 0)[1].eval.flip_tta
     assert not _stage_configs(c, ["augment.flip_p=0"], 0)[1].eval.flip_tta      # digits, text
     assert not _stage_configs(c, ["eval.flip_tta=false"], 0)[1].eval.flip_tta
-    c.flip_tta = False                                                 # a resumed older fit
+    c.semisup_method = "sla"                         # its own inference: never averaged
+    assert not _stage_configs(c, [], 0)[1].eval.flip_tta
+    c.semisup_method, c.flip_tta = "freematch", False                  # a resumed older fit
     assert not _stage_configs(c, [], 0)[1].eval.flip_tta

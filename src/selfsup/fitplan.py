@@ -346,7 +346,7 @@ def _stage_configs(c: Choices, overrides, seed: int) -> tuple[RunConfig, RunConf
         semi = apply_overrides(semi, [f"method.ema_p={FREEMATCH_EMA_P}"])
     if c.ema_teacher and c.semisup_method in ("fixmatch", "flexmatch", "freematch"):
         semi = apply_overrides(semi, ["method.ema_teacher=true"])
-    if c.flip_tta:
+    if c.flip_tta and c.semisup_method != "sla":   # SLA keeps its own joint-head inference
         semi = apply_overrides(semi, ["eval.flip_tta=true"])
     if overrides:
         ssl, semi = apply_overrides(ssl, list(overrides)), apply_overrides(semi, list(overrides))
