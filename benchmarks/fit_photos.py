@@ -56,23 +56,17 @@ def run_fit(folder: Path, out: Path, budget: str, seed: int, unlabeled: bool,
 def _without_flip_tta(clf_dir: Path, test: Path) -> dict:
     """The kept model's test accuracy with and without its flip test-time augmentation, on the
     same weights (a paired measurement of what the averaging buys); {} for a model without it."""
-    import numpy as np
-
     from selfsup.data import load_dataset
-    from selfsup.evaluate.features import extract_features
-    from selfsup.semisupervised import load_classifier
+    from selfsup.semisupervised import accuracy, load_classifier
 
     model, meta = load_classifier(clf_dir)
-    if not getattr(model, "flip_tta", False):
+    if not model.flip_tta:
         return {}
     ds = load_dataset("folder", path=str(test), image_size=int(meta["image_size"]),
                       progress=False).aligned_to(json.loads(meta["classes"]))
-    acc = {}
-    for on in (True, False):
-        model.flip_tta = on
-        pred = extract_features(model, ds, device="cpu").argmax(1)
-        acc[on] = float(np.mean(pred == ds.labels))
-    return {"test_acc_flip_tta": acc[True], "test_acc_no_tta": acc[False]}
+    model.flip_tta = False
+    return {"test_acc_flip_tta": accuracy(model, ds, "cpu", flip_tta=True),
+            "test_acc_no_tta": accuracy(model, ds, "cpu")}
 
 
 def main() -> None:
