@@ -21,8 +21,13 @@ from pathlib import Path
 
 
 def run_fit(folder: Path, out: Path, budget: str, seed: int, unlabeled: bool,
-            extra: list[str]) -> dict:
-    cmd = ["selfsup", "fit", str(folder / "labeled"), "--test", str(folder / "test"),
+            extra: list[str], ssl_share: float | None = None) -> dict:
+    # --ssl-share: an experiment on fitplan.SSL_SHARE (pretraining's share of the budget), set
+    # in the fit process itself before it plans; the command line records it
+    prog = (["selfsup"] if ssl_share is None else
+            [sys.executable, "-c", f"import sys, selfsup.fitplan as p; p.SSL_SHARE = {ssl_share}; "
+             f"from selfsup.cli import main; sys.argv[0] = 'selfsup'; sys.exit(main())"])
+    cmd = [*prog, "fit", str(folder / "labeled"), "--test", str(folder / "test"),
            "--budget", budget, "--seed", str(seed), "-o", str(out), "--overwrite",
            *(["--unlabeled", str(folder / "unlabeled")] if unlabeled else []),
            "train.progress=false", *extra]
@@ -50,6 +55,7 @@ def run_fit(folder: Path, out: Path, budget: str, seed: int, unlabeled: bool,
             "labeled": s["labeled"], "validation": s["validation"], "n_unlabeled": s["unlabeled"],
             "precision": s["choices"].get("precision"), "wall_s": round(wall, 1),
             "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
+            "ssl_share": s["choices"].get("ssl_share", ssl_share),
             "command": " ".join(cmd), "date": datetime.date.today().isoformat(), **tta}
 
 
@@ -79,13 +85,19 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=Path("runs/fit_photos"))
     ap.add_argument("--results", type=Path,
                     default=Path(__file__).parent / "results" / "fit_photos.jsonl")
+    ap.add_argument("--ssl-share", type=float, default=None,
+                    help="experiment: pretraining's share of the budget (fitplan.SSL_SHARE)")
+    ap.add_argument("--note", default=None, help="recorded in each row")
     ap.add_argument("extra", nargs="*", help="key=value overrides passed to fit")
     a = ap.parse_args()
     for folder in a.folders:
         for seed in a.seeds:
             for mode in a.modes:
                 out = a.out_dir / f"{folder.name}-{mode}-s{seed}"
-                row = run_fit(folder, out, a.budget, seed, mode == "unlabeled", a.extra)
+                row = run_fit(folder, out, a.budget, seed, mode == "unlabeled", a.extra,
+                              a.ssl_share)
+                if a.note:
+                    row["note"] = a.note
                 with a.results.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps({k: row[k] for k in ("folder", "seed", "unlabeled", "test_acc",

@@ -34,6 +34,9 @@ def main() -> None:
     ap.add_argument("--init", type=Path, default=None,
                     help="a SimCLR run directory (a fit's pretrain/); omit to start from scratch")
     ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--method", default="freematch",
+                    help="stage 2's method; 'supervised' is fit's labels-only candidate (no EMA "
+                         "teacher, no unlabeled stream)")
     ap.add_argument("--val-fraction", type=float, default=0.2,
                     help="of the labeled images held out for validation (fit: 0.2)")
     ap.add_argument("--out-dir", type=Path, default=Path("runs/fit_stage2"))
@@ -60,14 +63,14 @@ def main() -> None:
     train.hidden_labels = np.concatenate([lab.labels[tr], guess]).astype(np.int64)
     data = SemisupData(full=lab, train=train, val=lab.subset(va), test=test,
                        record={"seed": a.seed, "unlabeled": len(unl)})
-    c = Choices("cpu", 32, "convnet", 1.0, "simclr", 1, 256, "freematch", a.steps, 64, 4.0, 0.2,
-                precision=a.precision)
+    c = Choices("cpu", 32, "convnet", 1.0, "simclr", 1, 256, a.method, a.steps, 64,
+                0.0 if a.method == "supervised" else 4.0, 0.2, precision=a.precision)
     _, cfg = _stage_configs(c, ["train.progress=false"], a.seed)
     cfg = apply_overrides(cfg, list(a.overrides))
     t0 = time.time()
     run, s = train_semisup(cfg, a.out_dir / a.name, init=a.init, data=data)
     tta = flip_tta_pair(run, test)
-    row = {"name": a.name, "steps": a.steps, "seed": a.seed, "init": str(a.init or "scratch"),
+    row = {"name": a.name, "method": a.method, "steps": a.steps, "seed": a.seed, "init": str(a.init or "scratch"),
            "labeled_train": len(tr), "val": len(va),
            "overrides": a.overrides, "test_acc": s.get("test_acc_final"),
            "val_acc": s.get("val_acc_final"), "train_seconds": round(s.get("train_seconds", 0), 1),

@@ -157,3 +157,15 @@ def test_fit_stage2_trains_fits_recipe_and_logs_pseudo_label_accuracy(tmp_path):
     logged = [json.loads(x) for x in (tmp_path / "runs" / "t" / "metrics.jsonl").read_text()
               .splitlines()]
     assert any("pl_acc" in r for r in logged if r.get("kind") == "train")
+    # --method supervised: fit's labels-only candidate (its own recipe: no unlabeled stream,
+    # so no pseudo-labels to score)
+    run(["benchmarks/fit_stage2.py", str(tmp_path / "f"), "--name", "lo", "--steps", "2",
+         "--method", "supervised", "--precision", "fp32", "--out-dir", str(tmp_path / "runs"),
+         "--results", str(results), "train.eval_every=2"], tmp_path)
+    row = json.loads(results.read_text().splitlines()[-1])
+    assert row["method"] == "supervised" and row["steps"] == 2 and 0.0 <= row["test_acc"] <= 1.0
+    cfg = (tmp_path / "runs" / "lo" / "config.yaml").read_text()
+    assert "name: supervised" in cfg and "\n  uratio:" not in cfg   # (not "saturation")
+    logged = [json.loads(x) for x in (tmp_path / "runs" / "lo" / "metrics.jsonl").read_text()
+              .splitlines()]
+    assert not any("pl_acc" in r for r in logged if r.get("kind") == "train")
