@@ -29,6 +29,7 @@ from selfsup.chem.gegl import GEGLConfig, gegl
 from selfsup.chem.molecules import read_smiles
 from selfsup.chem.objectives import SMILES_LENGTH_CAP, get_objective
 from selfsup.chem.oracle import Oracle, budget_metrics
+from selfsup.chem.screening import screening
 
 
 def pretrained_apprentice(path: Path, corpus: list[str], steps: int, hidden: int, layers: int
@@ -61,7 +62,9 @@ def main() -> None:
                     "ZINC molecules, population 120, offspring 70, mutation 0.067); "
                     "gbga_nocap: the same without the size rule's upper atom limit (only the "
                     "oracle's own limit, e.g. penalized logP's 81 characters); ga: this "
-                    "project's first GA (start --start-size, population --queue)")
+                    "project's first GA (start --start-size, population --queue); screening: "
+                    "ZINC molecules in a seeded random order (PMO's screening baseline); random: "
+                    "the apprentice's samples without training")
     ap.add_argument("--budgets", type=int, nargs="+", default=[1000, 3000, 10000])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--apprentice", default="runs/chem/apprentice.pt")
@@ -86,7 +89,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     corpus = read_smiles(Path(a.chem) / "zinc250k.txt.gz")
-    if a.pretrain_only or set(a.methods) - {"ga", "gbga", "gbga_nocap"}:   # GAs need none
+    if a.pretrain_only or set(a.methods) - {"ga", "gbga", "gbga_nocap", "screening"}:
+        # the GAs and screening need no apprentice
         pretrained_apprentice(Path(a.apprentice), corpus, a.pretrain_steps, a.hidden, a.layers)
     if a.pretrain_only:
         return
@@ -100,6 +104,8 @@ def main() -> None:
                 extra = {}
                 if method in ("gbga", "gbga_nocap"):   # the standard baseline: PMO's GB-GA
                     gb_ga(oracle, corpus, seed=seed, size_cap=method == "gbga")
+                elif method == "screening":   # PMO's random screening of ZINC
+                    screening(oracle, corpus, seed=seed)
                 elif method == "ga":
                     start = random.Random(seed).sample(corpus, a.start_size)
                     graph_ga(oracle, start, population_size=a.queue, offspring=a.offspring,
