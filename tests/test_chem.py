@@ -295,10 +295,12 @@ def test_cli_pretrain_apprentice_resumes_and_design_writes_its_outputs(tmp_path,
     app = tmp_path / "app.pt"
     args = ["chem", "pretrain-apprentice", "--corpus", corpus, "--limit", "300", "--steps", "6",
             "--batch-size", "16", "--hidden", "32", "--layers", "1", "--checkpoint-every", "3",
-            "-o", str(app), "--threads", "1"]
+            "-o", str(app), "--threads", "1", "--validity-samples", "20"]
     assert main(args) == 0
     info = json.loads(app.with_suffix(".json").read_text())
-    assert info["steps"] == 6 and 0 <= info["validity_256"] <= 1
+    assert info["steps"] == 6 and info["validity_samples"] == 20
+    v = info["validity"] * 20                           # a share of the 20 samples
+    assert abs(v - round(v)) < 1e-9 and 0 <= info["validity"] <= 1
     # a longer run with the same settings resumes from the checkpoint at step 6
     assert main([*args[:7], "8", *args[8:]]) == 0
     assert "resuming from step 6" in capsys.readouterr().err

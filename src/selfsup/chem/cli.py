@@ -57,7 +57,7 @@ def add_parsers(sub) -> None:
                         description="Maximum-likelihood training of the apprentice on a SMILES "
                         "corpus (e.g. ZINC 250k). Checkpoints every --checkpoint-every steps to "
                         "OUT.ckpt; re-running the same command resumes. Reports the validity of "
-                        "256 samples at the end.")
+                        "--validity-samples samples at the end (OUT.json).")
     p.add_argument("--corpus", required=True, help="SMILES file (.txt or .txt.gz)")
     p.add_argument("--limit", type=int, default=0, help="use the first N molecules (0 = all)")
     p.add_argument("--steps", type=int, default=2000)
@@ -72,6 +72,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", "-o", required=True, help="the apprentice file to write (.pt)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--validity-samples", type=int, default=1024,
+                   help="SMILES sampled at the end to measure the share that RDKit parses")
     p.set_defaults(func=cmd_pretrain_apprentice)
 
     rt = csub.add_parser("retro-train", help="train the single-step retrosynthesis model "
@@ -290,9 +292,11 @@ def cmd_pretrain_apprentice(args) -> int:
                             "opt": opt.state_dict(), "gen": gen.get_state(), "step": step}, tmp)
     bar.close()
     model.save(out)
-    _, validity = sample_valid(model, 256, torch.Generator().manual_seed(args.seed))
+    n = max(1, args.validity_samples)
+    _, validity = sample_valid(model, n, torch.Generator().manual_seed(args.seed))
     info = {"apprentice": str(out), "steps": step, "corpus_size": len(corpus),
-            "vocab": len(model.vocab), "validity_256": validity}
+            "vocab": len(model.vocab), "validity": validity, "validity_samples": n,
+            "settings": settings}
     rundir.write_json(out.with_suffix(".json"), info)
     print(json.dumps(info, indent=1))
     return 0
