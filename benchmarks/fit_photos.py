@@ -55,7 +55,7 @@ def run_fit(folder: Path, out: Path, budget: str, seed: int, unlabeled: bool,
             "labeled": s["labeled"], "validation": s["validation"], "n_unlabeled": s["unlabeled"],
             "precision": s["choices"].get("precision"), "wall_s": round(wall, 1),
             "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
-            "ssl_share": s["choices"].get("ssl_share", ssl_share),
+            "ssl_share": ssl_share,   # None: fitplan.SSL_SHARE as shipped
             "command": " ".join(cmd), "date": datetime.date.today().isoformat(), **tta}
 
 
