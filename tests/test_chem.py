@@ -285,6 +285,18 @@ def test_length_bucketed_batches_are_windows_of_similar_length():
     assert sorted(draw_batch(5, 16, gen, length_order(smiles[:5]))) == list(range(5))
 
 
+def test_apprentice_lr_schedules():
+    import math
+
+    from selfsup.chem.cli import apprentice_lr
+
+    assert [apprentice_lr(i, 5, 1e-3) for i in range(5)] == [1e-3] * 5
+    cos = [apprentice_lr(i, 5, 1e-3, "cosine", 1e-5) for i in range(5)]
+    assert math.isclose(cos[0], 1e-3) and math.isclose(cos[-1], 1e-5)
+    assert math.isclose(cos[2], (1e-3 + 1e-5) / 2)               # halfway: the mean
+    assert all(a > b for a, b in zip(cos, cos[1:]))
+
+
 @needs_chem_data
 def test_cli_pretrain_apprentice_resumes_and_design_writes_its_outputs(tmp_path, capsys):
     import json
@@ -304,6 +316,19 @@ def test_cli_pretrain_apprentice_resumes_and_design_writes_its_outputs(tmp_path,
     # a longer run with the same settings resumes from the checkpoint at step 6
     assert main([*args[:7], "8", *args[8:]]) == 0
     assert "resuming from step 6" in capsys.readouterr().err
+    # a new run from those weights with a cosine lr: the settings name the start and schedule
+    app2 = tmp_path / "app2.pt"
+    args2 = ["chem", "pretrain-apprentice", "--corpus", corpus, "--limit", "300", "--steps", "4",
+             "--batch-size", "16", "--init", str(app), "--lr-schedule", "cosine",
+             "--checkpoint-every", "2", "-o", str(app2), "--threads", "1",
+             "--validity-samples", "8"]
+    assert main(args2) == 0
+    s2 = json.loads(app2.with_suffix(".json").read_text())["settings"]
+    assert (s2["init"], s2["lr_schedule"], s2["hidden"], s2["layers"]) == (str(app), "cosine", 32, 1)
+    assert main([*args2[:7], "6", *args2[8:]]) == 2      # other steps = another schedule
+    assert "other settings" in capsys.readouterr().err
+    assert main([*args2[:11], str(tmp_path / "none.pt"), *args2[12:]]) == 2
+    assert "none.pt" in capsys.readouterr().err
     out = tmp_path / "design"
     assert main(["chem", "design", "--method", "gegl", "--apprentice", str(app), "--budget", "40",
                  "--samples", "32", "--offspring", "32", "--queue", "16", "-o", str(out),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -63,6 +65,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant lr, or cosine decay from --lr to --lr-min over --steps")
+    p.add_argument("--lr-min", type=float, default=0.0, help="the cosine schedule's last lr")
+    p.add_argument("--init", default=None, metavar="APPRENTICE.pt",
+                   help="start from this apprentice's weights, vocabulary and size (a new run: "
+                   "fresh optimizer, steps counted from 0); --hidden/--layers are then ignored")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--checkpoint-every", type=int, default=200)
@@ -231,6 +239,15 @@ def cmd_design(args) -> int:
     return 0
 
 
+def apprentice_lr(step: int, steps: int, lr: float, schedule: str = "constant",
+                  lr_min: float = 0.0) -> float:
+    """The apprentice's learning rate at ``step`` (0-based) of ``steps``: constant, or a cosine
+    from ``lr`` at step 0 down to ``lr_min`` at the last step."""
+    if schedule == "constant" or steps <= 1:
+        return lr
+    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * step / (steps - 1)))
+
+
 def cmd_pretrain_apprentice(args) -> int:
     import torch
     from tqdm import tqdm
@@ -252,12 +269,26 @@ def cmd_pretrain_apprentice(args) -> int:
     ckpt = out.with_name(out.name + ".ckpt")
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    settings = {"corpus": str(args.corpus), "limit": args.limit, "hidden": args.hidden,
-                "layers": args.layers, "batch_size": args.batch_size, "lr": args.lr,
+    if args.init:
+        try:
+            model = SmilesLSTM.load(args.init)
+        except FileNotFoundError as e:
+            print(f"selfsup chem: error: --init {e}", file=sys.stderr)
+            return 2
+        init_sha = hashlib.sha256(Path(args.init).read_bytes()).hexdigest()
+        hidden, layers = model.cfg.hidden_dim, model.cfg.layers
+    else:
+        init_sha, hidden, layers = None, args.hidden, args.layers
+        model = SmilesLSTM(Vocab.from_smiles(corpus),
+                           ApprenticeConfig(hidden_dim=hidden, layers=layers))
+    settings = {"corpus": str(args.corpus), "limit": args.limit, "hidden": hidden,
+                "layers": layers, "batch_size": args.batch_size, "lr": args.lr,
                 "seed": args.seed, "bucket": args.bucket}
+    if args.lr_schedule != "constant":   # recorded only when used: older checkpoints resume
+        settings.update(lr_schedule=args.lr_schedule, lr_min=args.lr_min, steps=args.steps)
+    if init_sha:
+        settings.update(init=str(args.init), init_sha256=init_sha)
     order = length_order(corpus) if args.bucket else None
-    model = SmilesLSTM(Vocab.from_smiles(corpus),
-                       ApprenticeConfig(hidden_dim=args.hidden, layers=args.layers))
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     step = 0
     if ckpt.exists():
@@ -273,10 +304,20 @@ def cmd_pretrain_apprentice(args) -> int:
         print(f"resuming from step {step}", file=sys.stderr)
     bar = tqdm(total=args.steps, initial=step, desc="apprentice", unit="step", file=sys.stderr)
     model.train()
-    t0, seen = time.time(), 0
+    t0, seen, skipped = time.time(), 0, 0
     while step < args.steps:
         idx = draw_batch(len(corpus), args.batch_size, gen, order)
         ids = model.batch([corpus[i] for i in idx])
+        if ids is None:     # every SMILES of the batch has a token outside --init's vocabulary
+            skipped += 1
+            if skipped > 100:
+                print(f"selfsup chem: error: {args.corpus}: no batch encodable with the "
+                      f"vocabulary of {args.init}; use the corpus it was trained on",
+                      file=sys.stderr)
+                return 2
+            continue
+        for group in opt.param_groups:
+            group["lr"] = apprentice_lr(step, args.steps, args.lr, args.lr_schedule, args.lr_min)
         loss = model.nll(ids)
         opt.zero_grad()
         loss.backward()
