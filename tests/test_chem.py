@@ -288,7 +288,7 @@ def test_length_bucketed_batches_are_windows_of_similar_length():
 def test_apprentice_lr_schedules():
     import math
 
-    from selfsup.chem.cli import apprentice_lr
+    from selfsup.chem.apprentice import apprentice_lr
 
     assert [apprentice_lr(i, 5, 1e-3) for i in range(5)] == [1e-3] * 5
     cos = [apprentice_lr(i, 5, 1e-3, "cosine", 1e-5) for i in range(5)]

@@ -5,7 +5,10 @@ on a corpus (ZINC) and then, inside GEGL, on the best molecules found so far (im
 
 from __future__ import annotations
 
+import math
 import re
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -193,6 +196,72 @@ def train_mle(model: SmilesLSTM, smiles: list[str], steps: int, batch_size: int 
         if progress is not None:
             progress(step, loss.item())
     return losses
+
+
+def apprentice_lr(step: int, steps: int, lr: float, schedule: str = "constant",
+                  lr_min: float = 0.0) -> float:
+    """The learning rate at ``step`` (0-based) of ``steps``: constant, or a cosine from ``lr`` at
+    step 0 down to ``lr_min`` at the last step."""
+    if schedule == "constant" or steps <= 1:
+        return lr
+    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * step / (steps - 1)))
+
+
+def pretrain_on_corpus(model: SmilesLSTM, corpus: list[str], ckpt: Path, settings: dict, *,
+                       steps: int, checkpoint_every: int = 200) -> int:
+    """Maximum likelihood on ``corpus`` up to ``steps`` Adam steps (GEGL's pretraining: Adam,
+    clip 1.0, batch ``settings['batch_size']``; windows of similar-length SMILES when
+    ``settings['bucket']``; the lr of ``settings``, with its schedule when one is given),
+    checkpointed atomically to ``ckpt`` every ``checkpoint_every`` steps and resumed from it when
+    it was made with the same ``settings`` (a ValueError otherwise). Returns the last step."""
+    from tqdm import tqdm
+
+    from .. import rundir
+
+    gen = torch.Generator().manual_seed(settings["seed"])
+    order = length_order(corpus) if settings["bucket"] else None
+    lr, schedule = settings["lr"], settings.get("lr_schedule", "constant")
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    step = 0
+    if ckpt.exists():
+        blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if blob["settings"] != settings:
+            raise ValueError(f"{ckpt} was made with other settings ({blob['settings']}); "
+                             f"delete it or use the same ones")
+        model.load_state_dict(blob["state"])
+        opt.load_state_dict(blob["opt"])
+        gen.set_state(blob["gen"])
+        step = int(blob["step"])
+        print(f"resuming from step {step}", file=sys.stderr)
+    bar = tqdm(total=steps, initial=step, desc="apprentice", unit="step", file=sys.stderr)
+    model.train()
+    t0, seen, skipped = time.time(), 0, 0
+    while step < steps:
+        ids = model.batch([corpus[i] for i in draw_batch(len(corpus), settings["batch_size"],
+                                                           gen, order)])
+        if ids is None:     # no SMILES of the batch fits the (--init) vocabulary
+            skipped += 1
+            if skipped > 100:
+                raise ValueError(f"{settings['corpus']}: no batch is encodable with the "
+                                 f"apprentice's vocabulary; use the corpus it was trained on")
+            continue
+        for group in opt.param_groups:
+            group["lr"] = apprentice_lr(step, steps, lr, schedule, settings.get("lr_min", 0.0))
+        loss = model.nll(ids)
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        seen += ids.shape[0]
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", mol_s=f"{seen / (time.time() - t0):.0f}")
+        if step % checkpoint_every == 0 or step == steps:
+            with rundir.atomic_path(ckpt) as tmp:
+                torch.save({"settings": settings, "state": model.state_dict(),
+                            "opt": opt.state_dict(), "gen": gen.get_state(), "step": step}, tmp)
+    bar.close()
+    return step
 
 
 def sample_valid(model: SmilesLSTM, n: int, generator=None) -> tuple[list[str], float]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -239,99 +238,41 @@ def cmd_design(args) -> int:
     return 0
 
 
-def apprentice_lr(step: int, steps: int, lr: float, schedule: str = "constant",
-                  lr_min: float = 0.0) -> float:
-    """The apprentice's learning rate at ``step`` (0-based) of ``steps``: constant, or a cosine
-    from ``lr`` at step 0 down to ``lr_min`` at the last step."""
-    if schedule == "constant" or steps <= 1:
-        return lr
-    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * step / (steps - 1)))
-
-
 def cmd_pretrain_apprentice(args) -> int:
     import torch
-    from tqdm import tqdm
 
-    from .apprentice import (ApprenticeConfig, SmilesLSTM, Vocab, draw_batch, length_order,
+    from .apprentice import (ApprenticeConfig, SmilesLSTM, Vocab, pretrain_on_corpus,
                              sample_valid)
     from .molecules import read_smiles
 
+    out = Path(args.out)
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
         corpus = read_smiles(args.corpus, limit=args.limit or None)
         if len(corpus) < 10:
             raise ChemError(f"{args.corpus}: only {len(corpus)} SMILES; need a corpus")
+        torch.manual_seed(args.seed)
+        if args.init:
+            model = SmilesLSTM.load(args.init)
+            init_sha = hashlib.sha256(Path(args.init).read_bytes()).hexdigest()
+        else:
+            init_sha = None
+            model = SmilesLSTM(Vocab.from_smiles(corpus),
+                               ApprenticeConfig(hidden_dim=args.hidden, layers=args.layers))
+        settings = {"corpus": str(args.corpus), "limit": args.limit,
+                    "hidden": model.cfg.hidden_dim, "layers": model.cfg.layers,
+                    "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                    "bucket": args.bucket}
+        if args.lr_schedule != "constant":   # recorded only when used: older checkpoints resume
+            settings.update(lr_schedule=args.lr_schedule, lr_min=args.lr_min, steps=args.steps)
+        if init_sha:
+            settings.update(init=str(args.init), init_sha256=init_sha)
+        step = pretrain_on_corpus(model, corpus, out.with_name(out.name + ".ckpt"), settings,
+                                  steps=args.steps, checkpoint_every=args.checkpoint_every)
     except (FileNotFoundError, ValueError) as e:
         print(f"selfsup chem: error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    ckpt = out.with_name(out.name + ".ckpt")
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    if args.init:
-        try:
-            model = SmilesLSTM.load(args.init)
-        except FileNotFoundError as e:
-            print(f"selfsup chem: error: --init {e}", file=sys.stderr)
-            return 2
-        init_sha = hashlib.sha256(Path(args.init).read_bytes()).hexdigest()
-        hidden, layers = model.cfg.hidden_dim, model.cfg.layers
-    else:
-        init_sha, hidden, layers = None, args.hidden, args.layers
-        model = SmilesLSTM(Vocab.from_smiles(corpus),
-                           ApprenticeConfig(hidden_dim=hidden, layers=layers))
-    settings = {"corpus": str(args.corpus), "limit": args.limit, "hidden": hidden,
-                "layers": layers, "batch_size": args.batch_size, "lr": args.lr,
-                "seed": args.seed, "bucket": args.bucket}
-    if args.lr_schedule != "constant":   # recorded only when used: older checkpoints resume
-        settings.update(lr_schedule=args.lr_schedule, lr_min=args.lr_min, steps=args.steps)
-    if init_sha:
-        settings.update(init=str(args.init), init_sha256=init_sha)
-    order = length_order(corpus) if args.bucket else None
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    step = 0
-    if ckpt.exists():
-        blob = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if blob["settings"] != settings:
-            print(f"selfsup chem: error: {ckpt} was made with other settings "
-                  f"({blob['settings']}); delete it or use the same ones", file=sys.stderr)
-            return 2
-        model.load_state_dict(blob["state"])
-        opt.load_state_dict(blob["opt"])
-        gen.set_state(blob["gen"])
-        step = int(blob["step"])
-        print(f"resuming from step {step}", file=sys.stderr)
-    bar = tqdm(total=args.steps, initial=step, desc="apprentice", unit="step", file=sys.stderr)
-    model.train()
-    t0, seen, skipped = time.time(), 0, 0
-    while step < args.steps:
-        idx = draw_batch(len(corpus), args.batch_size, gen, order)
-        ids = model.batch([corpus[i] for i in idx])
-        if ids is None:     # every SMILES of the batch has a token outside --init's vocabulary
-            skipped += 1
-            if skipped > 100:
-                print(f"selfsup chem: error: {args.corpus}: no batch encodable with the "
-                      f"vocabulary of {args.init}; use the corpus it was trained on",
-                      file=sys.stderr)
-                return 2
-            continue
-        for group in opt.param_groups:
-            group["lr"] = apprentice_lr(step, args.steps, args.lr, args.lr_schedule, args.lr_min)
-        loss = model.nll(ids)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        seen += ids.shape[0]
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", mol_s=f"{seen / (time.time() - t0):.0f}")
-        if step % args.checkpoint_every == 0 or step == args.steps:
-            with rundir.atomic_path(ckpt) as tmp:
-                torch.save({"settings": settings, "state": model.state_dict(),
-                            "opt": opt.state_dict(), "gen": gen.get_state(), "step": step}, tmp)
-    bar.close()
     model.save(out)
     n = max(1, args.validity_samples)
     _, validity = sample_valid(model, n, torch.Generator().manual_seed(args.seed))
@@ -341,7 +282,6 @@ def cmd_pretrain_apprentice(args) -> int:
     rundir.write_json(out.with_suffix(".json"), info)
     print(json.dumps(info, indent=1))
     return 0
-
 
 
 def _read_targets(path, n):
