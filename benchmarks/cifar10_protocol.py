@@ -37,6 +37,11 @@ STAGE_PROBES = {"rotnet": (2, 3), "jigsaw": (3,), "relative_position": (3,),
 # the ViT of the MAE / I-JEPA / DINO-on-ViT rows
 VIT = ["model.backbone=vit_tiny", "model.width=0.5", "model.patch_size=4",
        "model.channels_last=false"]
+# the dino_cifar10_cpu preset's views and optimizer up to 2026-12-02 (2 local crops, global crops
+# at scale 0.4-1, LARS lr 0.3, weight decay 1e-6): pinned so that the DINO rows measured with
+# them stay reproducible whatever the preset says now
+DINO_2026_11 = ["method.n_local_crops=2", "method.global_scale_min=0.4", "optim.lr=0.3",
+                "optim.weight_decay=1e-6"]
 # name -> (preset, overrides): the seed-claim ablations of SimCLR, then one preset per method
 VARIANTS = {
     "simclr": (BASE, []),                                 # crop + colour, MLP head
@@ -49,7 +54,8 @@ VARIANTS = {
         "supcon")},
     # DINO as its preset was before 2026-11-30 (no head BN, teacher temperature 0.04 -> 0.07):
     # collapses (BENCHMARKS 2.1)
-    "dino": ("dino_cifar10_cpu", ["method.head_bn=false", "method.teacher_temp=0.07"]),
+    "dino": ("dino_cifar10_cpu", [*DINO_2026_11, "method.head_bn=false",
+                                  "method.teacher_temp=0.07"]),
     # seed claims of issue 3: SimSiam collapses without its stop-gradient; SupCon with the labels
     # of the labeled split (1,000 per class, the probe's) vs cross-entropy on the same labels
     "simsiam_no_sg": ("simsiam_cifar10_cpu", ["method.stop_gradient=false"]),
@@ -71,7 +77,7 @@ VARIANTS = {
     # temperature held at 0.04: the small-scale setting found by benchmarks/dino_diagnosis.py
     # (without it the teacher's image-to-image logit spread is < 1 temperature unit at init and
     # the targets turn uniform within 30 steps)
-    "dino_head_bn": ("dino_cifar10_cpu", []),     # the preset (head_bn=true, teacher_temp=0.04)
+    "dino_head_bn": ("dino_cifar10_cpu", DINO_2026_11),   # head_bn=true, teacher_temp=0.04
     # issue 17's matched control for "DINO >= BYOL": DINO (preset head setting) with BYOL's
     # views and optimizer - two views cropped at scale 0.2-1 (no local crops; the preset's
     # global crops start at 0.4), LARS lr 1.0, weight decay 1e-5, warm-up 5%, base momentum
@@ -80,7 +86,8 @@ VARIANTS = {
                                           "optim.lr=1.0", "optim.weight_decay=1e-5"]),
     # DINO with the official ResNet-50 recipe (facebookresearch/dino README): SGD lr 0.03,
     # wd 1e-4, teacher temperature 0.04 throughout, global crops 0.14-1, local 0.05-0.14
-    "dino_sgd": ("dino_cifar10_cpu", ["optim.name=sgd", "optim.lr=0.03", "optim.weight_decay=1e-4",
+    "dino_sgd": ("dino_cifar10_cpu", [*DINO_2026_11, "optim.name=sgd", "optim.lr=0.03",
+                                      "optim.weight_decay=1e-4",
                                       "method.teacher_temp=0.04", "method.global_scale_min=0.14",
                                       "method.local_scale_max=0.14"]),
     # issue 22: Ren & Lee's synthetic multitask pretext (depth, normals, contours of rendered
@@ -93,7 +100,7 @@ VARIANTS = {
     # DINO on that ViT: the official ViT recipe's optimizer (AdamW, lr 5e-4 x batch/256, wd 0.04,
     # gradient clipping 3.0, warm-up 10% of the run) with the small-scale head setting of the
     # convnet preset (BatchNorm in the head, teacher temperature 0.04); local crops 12 px
-    "dino_vit": ("dino_cifar10_cpu", [*VIT, "optim.name=adamw", "optim.lr=5e-4",
+    "dino_vit": ("dino_cifar10_cpu", [*DINO_2026_11, *VIT, "optim.name=adamw", "optim.lr=5e-4",
                                       "optim.weight_decay=0.04", "optim.grad_clip=3.0",
                                       "optim.warmup=0.1"]),
     # issue 21: the convnet learns a frozen teacher's embeddings (--teacher RUN: e.g. a SimCLR run

@@ -30,7 +30,8 @@ from selfsup.pretrain import pretrain
 
 # the preset as it was before this diagnosis (no head BN, teacher temperature 0.04 -> 0.07);
 # every variant below starts from it
-BEFORE = ["method.head_bn=false", "method.teacher_temp=0.07"]
+BEFORE = ["method.head_bn=false", "method.teacher_temp=0.07", "method.n_local_crops=2",
+          "method.global_scale_min=0.4", "optim.lr=0.3", "optim.weight_decay=1e-6"]
 VARIANTS = {
     "preset": [],
     "centring_off": ["method.center_momentum=1.0"],            # broken on purpose: C stays 0

@@ -324,7 +324,8 @@ def test_cli_pretrain_apprentice_resumes_and_design_writes_its_outputs(tmp_path,
              "--validity-samples", "8"]
     assert main(args2) == 0
     s2 = json.loads(app2.with_suffix(".json").read_text())["settings"]
-    assert (s2["init"], s2["lr_schedule"], s2["hidden"], s2["layers"]) == (str(app), "cosine", 32, 1)
+    assert (s2["init"], s2["lr_schedule"], s2["hidden"], s2["layers"]) == \
+        (str(app), "cosine", 32, 1)
     assert main([*args2[:7], "6", *args2[8:]]) == 2      # other steps = another schedule
     assert "other settings" in capsys.readouterr().err
     assert main([*args2[:11], str(tmp_path / "none.pt"), *args2[12:]]) == 2
