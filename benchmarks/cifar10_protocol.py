@@ -78,10 +78,11 @@ VARIANTS = {
     # (without it the teacher's image-to-image logit spread is < 1 temperature unit at init and
     # the targets turn uniform within 30 steps)
     "dino_head_bn": ("dino_cifar10_cpu", DINO_2026_11),   # head_bn=true, teacher_temp=0.04
-    # issue 17's matched control for "DINO >= BYOL": DINO (preset head setting) with BYOL's
-    # views and optimizer - two views cropped at scale 0.2-1 (no local crops; the preset's
-    # global crops start at 0.4), LARS lr 1.0, weight decay 1e-5, warm-up 5%, base momentum
-    # 0.99 - so that only the loss and the heads differ from the byol row
+    # issue 17's matched control for "DINO >= BYOL": DINO (head BN, teacher temperature 0.04)
+    # with BYOL's views and optimizer - two views cropped at scale 0.2-1 (no local crops; the
+    # crops of DINO_2026_11 start at 0.4), LARS lr 1.0, weight decay 1e-5, warm-up 5%, base
+    # momentum 0.99 - so that only the loss and the heads differ from the byol row. The preset
+    # since 2026-12-02; spelled out so the rows stay reproducible if the preset moves again
     "dino_matched": ("dino_cifar10_cpu", ["method.n_local_crops=0", "method.global_scale_min=0.2",
                                           "optim.lr=1.0", "optim.weight_decay=1e-5"]),
     # DINO with the official ResNet-50 recipe (facebookresearch/dino README): SGD lr 0.03,
