@@ -317,7 +317,7 @@ def test_cli_pretrain_apprentice_resumes_and_design_writes_its_outputs(tmp_path,
     assert main([*args[:7], "8", *args[8:]]) == 0
     assert "resuming from step 6" in capsys.readouterr().err
     # a new run from those weights with a cosine lr: the settings name the start and schedule
-    app2 = tmp_path / "app2.pt"
+    app2 = tmp_path / "new" / "folder" / "app2.pt"     # -o's folders are made at the start
     args2 = ["chem", "pretrain-apprentice", "--corpus", corpus, "--limit", "300", "--steps", "4",
              "--batch-size", "16", "--init", str(app), "--lr-schedule", "cosine",
              "--checkpoint-every", "2", "-o", str(app2), "--threads", "1",

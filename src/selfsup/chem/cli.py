@@ -252,6 +252,7 @@ def cmd_pretrain_apprentice(args) -> int:
         corpus = read_smiles(args.corpus, limit=args.limit or None)
         if len(corpus) < 10:
             raise ChemError(f"{args.corpus}: only {len(corpus)} SMILES; need a corpus")
+        out.parent.mkdir(parents=True, exist_ok=True)   # before any training, not at step 100
         torch.manual_seed(args.seed)
         if args.init:
             model = SmilesLSTM.load(args.init)
@@ -270,7 +271,7 @@ def cmd_pretrain_apprentice(args) -> int:
             settings.update(init=str(args.init), init_sha256=init_sha)
         step = pretrain_on_corpus(model, corpus, out.with_name(out.name + ".ckpt"), settings,
                                   steps=args.steps, checkpoint_every=args.checkpoint_every)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         print(f"selfsup chem: error: {e}", file=sys.stderr)
         return 2
     model.save(out)
