@@ -5,7 +5,6 @@ on a corpus (ZINC) and then, inside GEGL, on the best molecules found so far (im
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 import time
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.schedules import warmup_cosine
 from .molecules import canonical
 
 # SMILES tokens (bracket atoms, two-letter halogens, ring-bond numbers %nn, single characters)
@@ -173,6 +173,18 @@ def length_order(smiles: list[str]) -> list[int]:
     return sorted(range(len(smiles)), key=lambda i: len(smiles[i]))
 
 
+def mle_step(model: SmilesLSTM, opt: torch.optim.Optimizer, ids: torch.Tensor,
+             clip: float = 1.0) -> float:
+    """One maximum-likelihood step on the padded batch ``ids`` (gradient norm clipped at
+    ``clip``, as GEGL's apprentice); the loss."""
+    loss = model.nll(ids)
+    opt.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return loss.item()
+
+
 def train_mle(model: SmilesLSTM, smiles: list[str], steps: int, batch_size: int = 128,
               lr: float = 1e-3, generator: torch.Generator | None = None,
               optimizer: torch.optim.Optimizer | None = None, clip: float = 1.0,
@@ -187,14 +199,9 @@ def train_mle(model: SmilesLSTM, smiles: list[str], steps: int, batch_size: int 
         ids = model.batch([smiles[i] for i in idx])
         if ids is None:
             continue
-        loss = model.nll(ids)
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        losses.append(loss.item())
+        losses.append(mle_step(model, opt, ids, clip))
         if progress is not None:
-            progress(step, loss.item())
+            progress(step, losses[-1])
     return losses
 
 
@@ -202,9 +209,9 @@ def apprentice_lr(step: int, steps: int, lr: float, schedule: str = "constant",
                   lr_min: float = 0.0) -> float:
     """The learning rate at ``step`` (0-based) of ``steps``: constant, or a cosine from ``lr`` at
     step 0 down to ``lr_min`` at the last step."""
-    if schedule == "constant" or steps <= 1:
+    if schedule == "constant" or steps <= 1 or lr <= 0:
         return lr
-    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * step / (steps - 1)))
+    return lr * warmup_cosine(step / (steps - 1), 0.0, lr_min / lr)
 
 
 def pretrain_on_corpus(model: SmilesLSTM, corpus: list[str], ckpt: Path, settings: dict, *,
@@ -247,15 +254,11 @@ def pretrain_on_corpus(model: SmilesLSTM, corpus: list[str], ckpt: Path, setting
             continue
         for group in opt.param_groups:
             group["lr"] = apprentice_lr(step, steps, lr, schedule, settings.get("lr_min", 0.0))
-        loss = model.nll(ids)
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss = mle_step(model, opt, ids)
         step += 1
         seen += ids.shape[0]
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", mol_s=f"{seen / (time.time() - t0):.0f}")
+        bar.set_postfix(loss=f"{loss:.3f}", mol_s=f"{seen / (time.time() - t0):.0f}")
         if step % checkpoint_every == 0 or step == steps:
             with rundir.atomic_path(ckpt) as tmp:
                 torch.save({"settings": settings, "state": model.state_dict(),
