@@ -18,7 +18,11 @@
   targets whose recorded reactants are all building blocks for their search (0 by
   construction), the share solved by routes of two or more reactions, and the per-target
   outcomes (``solved``) from which the ``mcnemar`` rows compare each round with round 0 and
-  with its control on the same targets (exact McNemar test). The ``single_step`` row adds the
+  with its control on the same targets (exact McNemar test). ``--augment forward`` (the
+  default since 2026-12-02) adds Kim et al.'s reaction augmentation (``planning.forward_augment``:
+  a forward model's products of each kept reaction's reactants, score >= 0.8, confirmed by the
+  reference's top-1 template); ``--augment forward none`` runs both from the same model on the
+  same targets and compares them. The ``single_step`` row adds the
   template coverage ceiling: the share of test reactions whose extracted template is in the
   library at all (no single-step model over this library can do better).
 
@@ -38,8 +42,8 @@ import torch
 from selfsup.chem.molecules import canonical, read_smiles
 from selfsup.chem.planning import (building_blocks_from, outcome_row, self_improve,
                                    success_rate, withheld_for)
-from selfsup.chem.retro import (SingleStep, TemplateLibrary, extract_template, read_reactions,
-                                single_step_accuracy)
+from selfsup.chem.retro import (SingleStep, TemplateLibrary, extract_template, fit_forward,
+                                forward_accuracy, read_reactions, single_step_accuracy)
 from selfsup.evaluate.stats import paired_outcomes
 
 
@@ -74,6 +78,11 @@ def main() -> None:
                     "and their precursors in the data among the building blocks; none: the "
                     "2026-11-30 protocol (2%% of targets then had all their recorded reactants "
                     "among the building blocks)")
+    ap.add_argument("--augment", nargs="+", choices=["forward", "none"], default=["forward"],
+                    help="forward: Kim et al.'s reaction augmentation (kim recipe): a forward model "
+                    "trained on the validation-split reactions adds, for each kept route "
+                    "reaction, its validated products; none: route reactions only. Both: each "
+                    "runs from the same model on the same targets, paired by McNemar")
     ap.add_argument("--results", default="benchmarks/results/chem_retro.jsonl")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
@@ -125,36 +134,62 @@ def main() -> None:
                                               / max(1, len(withheld))),
                  "eval_recorded_reactants_are_blocks": lookup / len(eval_targets)}
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        t0 = time.time()
-        rows = []
-        for row in self_improve(model, products, labels, train_targets, eval_targets, bbs,
-                                a.rounds, a.expansions, a.round_epochs, seed, recipe=a.recipe,
-                                lr=a.round_lr, eval_withheld=withheld):
-            rows.append(row)
-            emit({"kind": "self_improve", "seed": seed, **proto, **row,
-                  "seconds": round(time.time() - t0, 1)})
-        # control: the same fine-tuning (epochs, lr, number of examples) on original reactions
-        g = random.Random(seed)
-        for r in range(1, a.rounds + 1):
+        forward = None
+        if "forward" in a.augment:
+            forward = fit_forward(val, lib, labels, epochs=a.epochs, seed=seed)
+            emit({"kind": "forward_model", "seed": seed, "test_reactions": len(tests),
+                  **forward_accuracy(forward, tests, ks=(1, 5))})
+        by_variant = {}
+        for variant in a.augment:
             model.load_state_dict(state)
-            if a.recipe == "kim":
-                n = rows[r].get("route_examples", 0)
-                pick = g.sample(range(len(products)), min(n, len(products)))
-                if pick:
-                    model.fit([products[i] for i in pick], [labels[i] for i in pick],
-                              epochs=a.round_epochs, lr=a.round_lr, seed=seed + r)
-            else:
-                for rr in range(1, r + 1):
-                    model.fit(products, labels, epochs=a.round_epochs, seed=seed + rr)
-            rate, routes = success_rate(model, eval_targets, bbs, a.expansions,
-                                        withheld=withheld)
-            ctrl = outcome_row(routes)
-            emit({"kind": "control", "seed": seed, **proto, "round": r, "eval_success": rate,
-                  **ctrl})
-            # paired on the same targets: round r vs before self-improvement, and vs its control
-            for name, other in (("round0", rows[0]), ("control", ctrl)):
-                emit({"kind": "mcnemar", "seed": seed, "round": r, "vs": name,
-                      **paired_outcomes(solved_bits(rows[r]), solved_bits(other))})
+            torch.manual_seed(seed)          # the same dropout draws for every variant
+            by_variant[variant] = run_variant(a, emit, seed, model, state, products, labels,
+                                              train_targets, eval_targets, bbs, withheld,
+                                              {**proto, "augment": variant},
+                                              forward if variant == "forward" else None)
+        if {"forward", "none"} <= set(by_variant):
+            # the augmentation alone, paired on the same targets: with vs without, same search
+            for r in range(1, a.rounds + 1):
+                emit({"kind": "mcnemar", "seed": seed, "round": r, "augment": "forward",
+                      "vs": "augment_none", **paired_outcomes(
+                          solved_bits(by_variant["forward"][r]),
+                          solved_bits(by_variant["none"][r]))})
+
+
+def run_variant(a, emit, seed, model, state, products, labels, train_targets, eval_targets, bbs,
+                withheld, proto, forward) -> list[dict]:
+    """Self-improvement rounds (with or without the forward augmentation), then the control of
+    each round and the paired tests; returns the self-improvement rows."""
+    t0 = time.time()
+    rows = []
+    for row in self_improve(model, products, labels, train_targets, eval_targets, bbs,
+                            a.rounds, a.expansions, a.round_epochs, seed, recipe=a.recipe,
+                            lr=a.round_lr, eval_withheld=withheld, forward=forward):
+        rows.append(row)
+        emit({"kind": "self_improve", "seed": seed, **proto, **row,
+              "seconds": round(time.time() - t0, 1)})
+    # control: the same fine-tuning (epochs, lr, number of examples) on original reactions
+    g = random.Random(seed)
+    for r in range(1, a.rounds + 1):
+        model.load_state_dict(state)
+        if a.recipe == "kim":
+            n = rows[r].get("route_examples", 0)
+            pick = g.sample(range(len(products)), min(n, len(products)))
+            if pick:
+                model.fit([products[i] for i in pick], [labels[i] for i in pick],
+                          epochs=a.round_epochs, lr=a.round_lr, seed=seed + r)
+        else:
+            for rr in range(1, r + 1):
+                model.fit(products, labels, epochs=a.round_epochs, seed=seed + rr)
+        rate, routes = success_rate(model, eval_targets, bbs, a.expansions, withheld=withheld)
+        ctrl = outcome_row(routes)
+        emit({"kind": "control", "seed": seed, **proto, "round": r, "eval_success": rate,
+              **ctrl})
+        # paired on the same targets: round r vs before self-improvement, and vs its control
+        for name, other in (("round0", rows[0]), ("control", ctrl)):
+            emit({"kind": "mcnemar", "seed": seed, "round": r, "augment": proto["augment"],
+                  "vs": name, **paired_outcomes(solved_bits(rows[r]), solved_bits(other))})
+    return rows
 
 
 if __name__ == "__main__":

@@ -353,11 +353,13 @@ def test_cli_pretrain_apprentice_resumes_and_design_writes_its_outputs(tmp_path,
 
 
 # --- retrosynthesis -----------------------------------------------------------------------------
-from selfsup.chem.planning import (Route, building_blocks_from, confident_examples,  # noqa: E402
-                                   outcome_row, plan, route_examples, success_rate,
-                                   withheld_for)
-from selfsup.chem.retro import (SingleStep, TemplateLibrary, apply_template,  # noqa: E402
-                                extract_template, read_reactions, single_step_accuracy)
+from selfsup.chem.planning import (Route, as_examples, building_blocks_from,  # noqa: E402
+                                   confident_reactions, forward_augment, outcome_row, plan,
+                                   route_examples, success_rate, withheld_for)
+from selfsup.chem.retro import (ForwardStep, SingleStep, TemplateLibrary,  # noqa: E402
+                                apply_forward, apply_template, extract_template, fit_forward,
+                                forward_accuracy, forward_template, read_reactions,
+                                retro_star_scores, single_step_accuracy)
 
 
 @pytest.fixture(scope="module")
@@ -380,6 +382,73 @@ def test_template_extraction_then_application_recovers_the_reactants(val_reactio
             total += 1
             ok += r.reactants in apply_template(tpl, r.product)
     assert total >= 55 and ok / total >= 0.9
+
+
+def test_forward_template_reverses_the_retro_template(val_reactions):
+    # by hand: the reactant patterns become one grouped component, the product's parentheses go
+    assert forward_template("[C:1]-[OH:2]>>[C:1]-[Cl].[OH2:2]") == "([C:1]-[Cl].[OH2:2])>>[C:1]-[OH:2]"
+    assert forward_template("([C:1]=[O:2])>>[C:1]-[O:2]") == "([C:1]-[O:2])>>[C:1]=[O:2]"
+    # on the data: each reaction's own template read forwards makes its recorded product
+    ok = total = 0
+    for r in val_reactions[:40]:
+        tpl = extract_template(r.mapped)
+        if tpl:
+            total += 1
+            ok += r.product in apply_forward(tpl, r.reactants)
+    assert total >= 35 and ok / total >= 0.9
+
+
+def test_retro_star_scores_split_merge_and_renormalise():
+    # hand-computed: t0 (p 0.5) makes a and b, t1 (0.3) makes a, t2 (0.2) makes nothing:
+    # a = 0.25 + 0.3, b = 0.25, renormalised over 0.8
+    made = {"t0": ["a", "b"], "t1": ["a"], "t2": []}
+    out = retro_star_scores(torch.tensor([0.5, 0.3, 0.2]), ["t0", "t1", "t2"], made.get, topk=3)
+    assert out["a"][0] == pytest.approx(0.55 / 0.8) and out["b"][0] == pytest.approx(0.25 / 0.8)
+    assert out["a"][1] == ["t0", "t1"] and out["b"][1] == ["t0"]
+    # topk=1 keeps only the most probable template's outcomes
+    assert set(retro_star_scores(torch.tensor([0.5, 0.3, 0.2]), ["t0", "t1", "t2"], made.get,
+                                 topk=1)) == {"a", "b"}
+    assert retro_star_scores(torch.tensor([1.0]), ["t2"], made.get, topk=1) == {}
+
+
+class TableForward:
+    """Forward predictions from a table (already sorted, best first)."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def predict(self, reactants, topk=5):
+        return self.table.get(reactants, [])[:topk]
+
+
+class TableBackward:
+    """The reference's top-1 template per product (``topk_scores(product, 1)``)."""
+
+    def __init__(self, top1):
+        self.top1 = top1
+
+    def topk_scores(self, product, topk=5):
+        assert topk == 1
+        return {"x.y": (1.0, [self.top1[product]])} if product in self.top1 else {}
+
+
+def test_forward_augmentation_is_the_official_filter():
+    kept = [("A.B", "P", "t1"), ("C.D", "Q", "t2")]
+    fwd = TableForward({"A.B": [("P", 0.85, "t1"), ("P2", 0.81, "t3"), ("P3", 0.5, "t4"),
+                                ("P4", 0.9, "t5")],          # after a score below 0.8: never read
+                        "C.D": [("Q2", 0.95, "t6")]})
+    back = TableBackward({"P": "t1", "P2": "t3", "P3": "t4", "P4": "t5", "Q2": "t9"})
+    out, counts = forward_augment(kept, fwd, back, threshold=0.8)
+    # A.B: P (the recorded product, kept as the official list does) and P2 are confirmed; the
+    # walk stops at P3 (0.5 < 0.8); C.D: Q2's top-1 backward template is t9, not t6: rejected
+    assert out == [("A.B", "P", "t1"), ("A.B", "P2", "t3")]
+    assert counts == {"forward_proposed": 3, "augmented": 2}
+    # identities: an impossible threshold adds nothing; a reference confirming nothing adds nothing
+    assert forward_augment(kept, fwd, back, threshold=1.01)[0] == []
+    assert forward_augment(kept, fwd, TableBackward({}), threshold=0.0)[0] == []
+    # as training examples, the repeated (P, t1) counts once
+    lib = TemplateLibrary(["t1", "t2", "t3"])
+    assert as_examples(kept + out, lib) == (["P", "Q", "P2"], [0, 1, 2])
 
 
 class CountingModel:
@@ -481,15 +550,29 @@ def test_single_step_model_learns_templates_and_self_improvement_data(val_reacti
     # Kim et al.'s filter keeps a route reaction only when the reference model backs it (its
     # template among the top 5, score >= threshold): threshold 0 keeps every top-5 reaction,
     # an impossible threshold keeps none, a template the reference never ranks is cut
-    kept_p, kept_l, counts = confident_examples(routes, model, threshold=0.0)
+    kept, counts = confident_reactions(routes, model, threshold=0.0)
+    kept_p, kept_l = as_examples(kept, lib)
     steps = sum(len(r.steps) for r in solved)
     assert counts["kept"] + counts["cut"] == steps and counts["kept"] > 0
     assert set(kept_l) <= set(tpl_idx)
-    _, none_l, none_counts = confident_examples(routes, model, threshold=1.01)
-    assert none_l == [] and none_counts["cut"] == steps
+    none, none_counts = confident_reactions(routes, model, threshold=1.01)
+    assert none == [] and none_counts["cut"] == steps
     r0 = next(r for r in solved if r.steps)
     fake = Route(r0.target, [(p, rs, pr, "not-a-template") for p, rs, pr, _ in r0.steps])
-    assert confident_examples([fake], model, threshold=0.0)[2]["kept"] == 0
+    assert confident_reactions([fake], model, threshold=0.0)[1]["kept"] == 0
+    # the forward model (same library, reactants -> template) learns its training reactions
+    fwd = ForwardStep(lib, hidden=128)
+    losses = fwd.fit([r.reactants for r in train], labels, epochs=40, batch_size=64, lr=3e-3)
+    assert losses[-1] < losses[0] / 3
+    assert forward_accuracy(fwd, train[:40], ks=(1, 5))["forward_top1"] >= 0.5
+    fwd.save(tmp_path / "fw")
+    again = ForwardStep.load(tmp_path / "fw")
+    assert isinstance(again, ForwardStep)
+    assert again.predict(train[0].reactants) == fwd.predict(train[0].reactants)
+    preds = fwd.predict(train[0].reactants)
+    assert sum(s for _, s, _ in preds) == pytest.approx(1.0)
+    assert [s for _, s, _ in preds] == sorted((s for _, s, _ in preds), reverse=True)
+    assert isinstance(fit_forward(train[:20], lib, labels[:20], epochs=1), ForwardStep)
 
 
 @needs_chem_data
@@ -514,6 +597,10 @@ def test_cli_retro_train_and_retro(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert [h["round"] for h in summary["history"]] == [0, 1]
     assert (out / "round1" / "single_step.safetensors").exists()
+    # Kim et al.'s reaction augmentation is on by default: the forward model is written and
+    # the round counts what it proposed and what the reference confirmed
+    assert (out / "forward" / "single_step.safetensors").exists()
+    assert {"reactions_forward_proposed", "reactions_augmented"} <= set(summary["history"][1])
     bbs = set((out / "building_blocks.txt").read_text().split())
     assert not bbs & {canonical(s) for s in held + mine}      # targets are never building blocks
     capsys.readouterr()

@@ -91,7 +91,8 @@ def add_parsers(sub) -> None:
                          "side of --reactions and --extra-reactions, minus every target). With "
                          "--rounds R and --targets, run R rounds of self-improvement (Kim et al.: "
                          "search the targets, keep the route reactions the first model backs "
-                         "with top-5 and score >= 0.8, fine-tune the first model on them), "
+                         "with top-5 and score >= 0.8, add a forward model's validated "
+                         "products of their reactants, fine-tune the first model on them), "
                          "measuring the success rate on --eval-targets; OUT/history.json has one "
                          "row per round. Evaluate on targets whose own recorded reactions are not "
                          "in --extra-reactions, or their reactants are building blocks and "
@@ -113,6 +114,11 @@ def add_parsers(sub) -> None:
     rt.add_argument("--recipe", choices=["kim", "union"], default="kim",
                     help="kim: confident route reactions, fine-tune the first model on them; "
                     "union: every route reaction added to the data, keep training")
+    rt.add_argument("--augment", choices=["forward", "none"], default="forward",
+                    help="forward (Kim et al.): a forward model trained on --reactions adds, for "
+                    "each kept route reaction, the products it predicts from its reactants "
+                    "with score >= 0.8 that the first model's top template confirms (written "
+                    "to OUT/forward); none: route reactions only")
     rt.add_argument("--seed", type=int, default=0)
     rt.add_argument("--out", "-o", required=True)
     rt.add_argument("--overwrite", action="store_true")
@@ -302,7 +308,8 @@ def cmd_retro_train(args) -> int:
     import torch
 
     from .planning import building_blocks_from, self_improve
-    from .retro import SingleStep, TemplateLibrary, read_reactions, single_step_accuracy
+    from .retro import (SingleStep, TemplateLibrary, fit_forward, read_reactions,
+                        single_step_accuracy)
 
     try:
         torch.manual_seed(args.seed)
@@ -333,10 +340,16 @@ def cmd_retro_train(args) -> int:
     if extra:
         info.update({f"extra_{k}": v for k, v in single_step_accuracy(model, extra[:500]).items()})
     if args.rounds:
+        forward = None
+        if args.augment == "forward" and args.recipe == "kim":
+            print("training the forward model (reaction augmentation) ...", file=sys.stderr)
+            forward = fit_forward(train, lib, labels, epochs=args.epochs, seed=args.seed)
+            forward.save(out / "forward")
         history = self_improve(model, products, labels, targets, eval_targets, bbs, args.rounds,
                                args.expansions, args.round_epochs, args.seed,
                                on_round=lambda row: print(json.dumps(row), file=sys.stderr),
-                               save_dir=out, recipe=args.recipe, lr=args.round_lr)
+                               save_dir=out, recipe=args.recipe, lr=args.round_lr,
+                               forward=forward)
         rundir.write_json(out / "history.json", history)
         info["history"] = history
     rundir.write_json(out / "summary.json", info)

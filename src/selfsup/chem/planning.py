@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .molecules import canonical, to_mol
-from .retro import Reaction, SingleStep, TemplateLibrary
+from .retro import ForwardStep, Reaction, SingleStep, TemplateLibrary
 
 
 @dataclass
@@ -153,44 +153,67 @@ def outcome_row(routes: list[Route | None]) -> dict:
 def route_examples(routes: list[Route | None], library: TemplateLibrary
                    ) -> tuple[list[str], list[int]]:
     """Training examples (product, template index) from every reaction of the solved routes,
-    deduplicated (the self-improvement data)."""
-    seen, products, labels = set(), [], []
-    for r in routes:
-        if r is None:
-            continue
-        for prod, _, _, tpl in r.steps:
-            key = (prod, tpl)
-            if key not in seen and tpl in library.index:
-                seen.add(key)
-                products.append(prod)
-                labels.append(library.index[tpl])
-    return products, labels
+    deduplicated (the self-improvement data of ``recipe="union"``)."""
+    return as_examples([(".".join(sorted(rs)), prod, tpl) for r in routes if r is not None
+                        for prod, rs, _, tpl in r.steps], library)
 
 
-def confident_examples(routes: list[Route | None], reference: SingleStep, topk: int = 5,
-                       threshold: float = 0.8) -> tuple[list[str], list[int], dict]:
+def confident_reactions(routes: list[Route | None], reference: SingleStep, topk: int = 5,
+                        threshold: float = 0.8) -> tuple[list[tuple[str, str, str]], dict]:
     """Kim et al.'s filter of route reactions (official ``get_gold_rxns`` with ``--cut_off``):
     keep a reaction only when the *reference* single-step model (the one before any
     self-improvement) proposes its reactant set from the route's template among its ``topk``
-    templates with a Retro*-normalised score of at least ``threshold`` (0.8). Returns the
-    deduplicated (products, template labels) and the counts kept and cut."""
-    seen, products, labels = set(), [], []
-    kept = cut = 0
+    templates with a Retro*-normalised score of at least ``threshold`` (0.8). Returns the kept
+    reactions as (reactant key, product, template), in route order with repeats, and the
+    counts kept and cut."""
+    kept, cut = [], 0
     for r in routes:
         if r is None:
             continue
         for prod, reactants, _, tpl in r.steps:
-            scores = reference.topk_scores(prod, topk)
-            score, tpls = scores.get(".".join(sorted(reactants)), (0.0, set()))
+            key = ".".join(sorted(reactants))
+            score, tpls = reference.topk_scores(prod, topk).get(key, (0.0, []))
             if tpl not in tpls or score < threshold or tpl not in reference.library.index:
                 cut += 1
                 continue
-            kept += 1
-            if (prod, tpl) not in seen:
-                seen.add((prod, tpl))
-                products.append(prod)
-                labels.append(reference.library.index[tpl])
-    return products, labels, {"kept": kept, "cut": cut}
+            kept.append((key, prod, tpl))
+    return kept, {"kept": len(kept), "cut": cut}
+
+
+def as_examples(reactions: list[tuple[str, str, str]], library: TemplateLibrary
+                ) -> tuple[list[str], list[int]]:
+    """(reactants, product, template) reactions -> deduplicated (products, template labels)."""
+    seen, products, labels = set(), [], []
+    for _, prod, tpl in reactions:
+        if (prod, tpl) not in seen and tpl in library.index:
+            seen.add((prod, tpl))
+            products.append(prod)
+            labels.append(library.index[tpl])
+    return products, labels
+
+
+def forward_augment(reactions: list[tuple[str, str, str]], forward: ForwardStep,
+                    reference: SingleStep, topk: int = 5, threshold: float = 0.8
+                    ) -> tuple[list[tuple[str, str, str]], dict]:
+    """Kim et al.'s reaction augmentation (official ``aug_gold_rxn`` with
+    ``--fw_backward_validate``): for each kept route reaction, the forward model predicts
+    products from its reactants (its ``topk`` templates, Retro*-normalised scores); in order of
+    score, stopping at the first below ``threshold``, a prediction becomes a new reaction
+    (reactants >> predicted product, the forward template) when the reference backward model's
+    top-1 template for the predicted product is that template. Returns the new reactions
+    (the recorded product itself may come back: the official list keeps it, ``as_examples``
+    then counts it once) and counts: ``forward_proposed`` (above the threshold),
+    ``augmented`` (validated)."""
+    out, proposed = [], 0
+    for reactants, _, _ in reactions:
+        for pred, score, tpl in forward.predict(reactants, topk):
+            if score < threshold:
+                break
+            proposed += 1
+            backward = reference.topk_scores(pred, 1)     # its top-1 template, if it applies
+            if any(tpl in tpls for _, tpls in backward.values()):
+                out.append((reactants, pred, tpl))
+    return out, {"forward_proposed": proposed, "augmented": len(out)}
 
 
 def building_blocks_from(reactions: list[Reaction], exclude: set[str]) -> set[str]:
@@ -224,8 +247,8 @@ def self_improve(model: SingleStep, products: list[str], labels: list[int], targ
                  eval_targets: list[str], building_blocks: set[str], rounds: int = 3,
                  expansions: int = 50, epochs: int = 10, seed: int = 0, on_round=None,
                  save_dir: str | Path | None = None, recipe: str = "kim",
-                 lr: float = 1e-4, eval_withheld: dict[str, frozenset] | None = None
-                 ) -> list[dict]:
+                 lr: float = 1e-4, eval_withheld: dict[str, frozenset] | None = None,
+                 forward: ForwardStep | None = None) -> list[dict]:
     """Kim et al. (2021), Alg. 1: each round searches ``targets`` with the current model, turns
     the solved routes' reactions into training examples (deduplicated, kept across rounds) and
     updates the single-step model; the success rate on ``eval_targets`` (never searched for
@@ -234,9 +257,11 @@ def self_improve(model: SingleStep, products: list[str], labels: list[int], targ
 
     ``recipe="kim"`` (the paper's, official ``get_gold_rxns`` + fine-tuning): only reactions the
     reference model (the model as given) backs with top-5 and score >= 0.8 are kept
-    (``confident_examples``), and each round fine-tunes a copy of the *reference* model on the
-    kept route data alone, ``epochs`` epochs at ``lr`` (paper: 20 epochs at 1e-4); the forward-
-    model augmentation of the paper is not done (no forward model here). ``recipe="union"``:
+    (``confident_reactions``), with ``forward`` (a ``ForwardStep``) each kept reaction's
+    reactants also give the forward model's validated products (``forward_augment``, the
+    paper's reaction augmentation), and each round fine-tunes a copy of the *reference* model
+    on the kept (and augmented) route data alone, ``epochs`` epochs at ``lr`` (paper: 20 epochs
+    at 1e-4). ``recipe="union"``:
     every route reaction is added to the original data and the current model keeps training on
     the union at the default lr (this project's first version). ``eval_withheld`` is passed
     to the held-out searches only (``withheld_for``); each row carries the per-target outcomes
@@ -258,7 +283,11 @@ def self_improve(model: SingleStep, products: list[str], labels: list[int], targ
     for r in range(1, rounds + 1):
         found, routes = success_rate(model, targets, building_blocks, expansions)
         if recipe == "kim":
-            new_p, new_l, counts = confident_examples(routes, reference)
+            kept, counts = confident_reactions(routes, reference)
+            if forward is not None:
+                extra, aug_counts = forward_augment(kept, forward, reference)
+                kept, counts = kept + extra, {**counts, **aug_counts}
+            new_p, new_l = as_examples(kept, reference.library)
         else:
             (new_p, new_l), counts = route_examples(routes, model.library), {}
         for p, lab in zip(new_p, new_l):

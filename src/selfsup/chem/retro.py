@@ -5,6 +5,8 @@
   atom-mapped reaction; applying it to a product with rdchiral gives candidate reactant sets.
 - Single-step model: an MLP on the product's Morgan fingerprint (radius 2, 2,048 bits) ranks the
   template library (softmax); its proposals are the reactant sets of its top templates.
+- Forward model (Kim et al.'s reaction augmentation): the same MLP on the reactant set's
+  fingerprint ranks the same library, each template read forwards (reactants >> product).
 Route search and self-improvement live in ``planning.py``.
 """
 
@@ -104,6 +106,51 @@ def apply_template(template: str, product: str) -> list[str]:
     return keys
 
 
+def forward_template(template: str) -> str:
+    """A retro template (product >> reactants) read forwards: the reactant patterns grouped as
+    one component (rdchiral runs a template on one molecule object, here the reactant set)
+    >> the product pattern, as the official ``MLPModel.run(..., backward=False)``."""
+    prod, agents, reac = template.split(">")
+    if prod.startswith("(") and prod.endswith(")"):
+        prod = prod[1:-1]
+    return f"({reac})>{agents}>{prod}"
+
+
+def apply_forward(template: str, reactants: str) -> list[str]:
+    """Canonical products (single molecules) that retro ``template`` read forwards makes from
+    the reactant set ``reactants`` ('.'-joined), deduplicated."""
+    from rdchiral.main import rdchiralRunText
+
+    try:
+        outs = rdchiralRunText(forward_template(template), reactants)
+    except Exception:
+        return []
+    keys = []
+    for o in outs:
+        k = canonical(o) if "." not in o else None
+        if k and k not in keys:
+            keys.append(k)
+    return keys
+
+
+def retro_star_scores(probs: torch.Tensor, templates: list[str], apply, topk: int
+                      ) -> dict[str, tuple[float, list[str]]]:
+    """Retro*'s scoring (``MLPModel.run``): the ``topk`` most probable templates are applied
+    (``apply(template) -> outcomes``); each template's probability is split evenly over the
+    outcomes it makes, outcomes made by several templates add up, and the scores are
+    renormalised over everything proposed. Returns {outcome: (score, the templates that made
+    it, most probable first)}."""
+    out: dict[str, list] = {}
+    for t in torch.argsort(probs, descending=True)[:topk].tolist():
+        keys = apply(templates[t])
+        for key in keys:
+            entry = out.setdefault(key, [0.0, []])
+            entry[0] += float(probs[t]) / len(keys)
+            entry[1].append(templates[t])
+    total = sum(v[0] for v in out.values())
+    return {k: (v[0] / total, v[1]) for k, v in out.items()} if total > 0 else {}
+
+
 class TemplateLibrary:
     def __init__(self, templates: list[str]):
         self.templates = list(templates)
@@ -194,22 +241,13 @@ class SingleStep(nn.Module):
         return out[:k]
 
     @torch.no_grad()
-    def topk_scores(self, product: str, topk: int = 5) -> dict[str, tuple[float, set[str]]]:
-        """Retro*'s scoring of one product (``MLPModel.run``): the ``topk`` most probable
-        templates are applied; each template's probability is split evenly over the reactant
-        sets it makes, sets made by several templates add up, and the scores are renormalised
-        over everything proposed. Returns {reactant key: (score, templates that made it)}."""
+    def topk_scores(self, product: str, topk: int = 5) -> dict[str, tuple[float, list[str]]]:
+        """Retro*'s scores of the reactant sets proposed for ``product`` by its ``topk`` most
+        probable templates (``retro_star_scores``): {reactant key: (score, templates)}."""
         self.eval()
         p = F.softmax(self(torch.from_numpy(fingerprints([product], self.bits))), 1)[0]
-        out: dict[str, list] = {}
-        for t in torch.argsort(p, descending=True)[:topk].tolist():
-            keys = apply_template(self.library.templates[t], product)
-            for key in keys:
-                entry = out.setdefault(key, [0.0, set()])
-                entry[0] += float(p[t]) / len(keys)
-                entry[1].add(self.library.templates[t])
-        total = sum(v[0] for v in out.values())
-        return {k: (v[0] / total, v[1]) for k, v in out.items()} if total > 0 else {}
+        return retro_star_scores(p, self.library.templates,
+                                 lambda t: apply_template(t, product), topk)
 
     def save(self, folder: str | Path) -> None:
         from safetensors.torch import save_file
@@ -236,6 +274,43 @@ class SingleStep(nn.Module):
         model = cls(TemplateLibrary(meta["templates"]), meta["hidden"], meta["bits"])
         model.load_state_dict(load_file(str(folder / "single_step.safetensors")))
         return model.eval()
+
+
+class ForwardStep(SingleStep):
+    """Kim et al.'s forward reaction model: the reactant set's fingerprint (the '.'-joined
+    SMILES as one molecule object, as the official ``preprocess``) -> probabilities over the
+    same retro template library, each template applied forwards (``apply_forward``). Trained
+    with ``fit(reactant_keys, template_labels)``."""
+
+    @torch.no_grad()
+    def predict(self, reactants: str, topk: int = 5) -> list[tuple[str, float, str]]:
+        """The products of the ``topk`` most probable templates with Retro*'s scores, best
+        first: (product, score, the most probable template that made it)."""
+        self.eval()
+        p = F.softmax(self(torch.from_numpy(fingerprints([reactants], self.bits))), 1)[0]
+        scores = retro_star_scores(p, self.library.templates,
+                                   lambda t: apply_forward(t, reactants), topk)
+        best = sorted(scores.items(), key=lambda kv: -kv[1][0])
+        return [(prod, s, tpls[0]) for prod, (s, tpls) in best]
+
+
+def fit_forward(reactions: list[Reaction], library: TemplateLibrary, labels: list[int],
+                epochs: int = 30, seed: int = 0) -> ForwardStep:
+    """A forward model trained on the same reactions and template labels as the backward one
+    (Kim et al. train theirs on Retro*'s reaction data): reactant set -> template."""
+    model = ForwardStep(library)
+    model.fit([r.reactants for r in reactions], labels, epochs=epochs, seed=seed)
+    return model
+
+
+def forward_accuracy(model: ForwardStep, reactions: list[Reaction], ks=(1, 5)) -> dict:
+    """top-k accuracy of a forward model: the recorded product among its k best predictions."""
+    hits = {k: 0 for k in ks}
+    for r in reactions:
+        preds = [p for p, _, _ in model.predict(r.reactants, max(ks))]
+        for k in ks:
+            hits[k] += r.product in preds[:k]
+    return {f"forward_top{k}": hits[k] / max(1, len(reactions)) for k in ks}
 
 
 def single_step_accuracy(model: SingleStep, reactions: list[Reaction], ks=(1, 10)) -> dict:
