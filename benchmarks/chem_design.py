@@ -79,6 +79,9 @@ def main() -> None:
                     help="GEGL with the paper's proportions at this budget over about ROUNDS "
                     "rounds (GEGLConfig.scaled; overrides --samples/--offspring/--queue) and the "
                     "same 120-molecule random start as gbga per seed; 0 = the sizes given")
+    ap.add_argument("--gegl-imitation-steps", type=int, default=0, metavar="STEPS",
+                    help="GEGL's imitation steps per round (0 = the config's: 8, the paper's); "
+                    "tune it on a third objective only (issue 19)")
     ap.add_argument("--gegl-parents", choices=["uniform", "score"], default="uniform")
     ap.add_argument("--gegl-operators", choices=["gbga", "first"], default="gbga")
     ap.add_argument("--tag", default="", help="a label written into every row")
@@ -113,6 +116,8 @@ def main() -> None:
                 else:
                     model = SmilesLSTM.load(Path(a.apprentice))   # the same start every time
                     knobs = {"parents": a.gegl_parents, "operators": a.gegl_operators}
+                    if a.gegl_imitation_steps:
+                        knobs["imitation_steps"] = a.gegl_imitation_steps
                     if a.gegl_scaled:
                         cfg = GEGLConfig.scaled(budget, a.gegl_scaled, **knobs)
                         start = random.Random(seed).choices(corpus, k=120)   # gbga's start

@@ -374,28 +374,26 @@ def test_template_extraction_then_application_recovers_the_reactants(val_reactio
     assert r.reactants == "Nc1ccc(Oc2ccnc3[nH]ccc23)c(F)c1.O=C(OC(=O)C(F)(F)F)C(F)(F)F"
     tpl = extract_template(r.mapped)
     assert ">>" in tpl and r.reactants in apply_template(tpl, r.product)
-    # over the first 60 reactions: extraction + application recovers the recorded reactant set
-    ok = total = 0
+    # over the first 60 reactions: extraction + application recovers the recorded reactant set,
+    # and the template read forwards (the forward model's) makes the recorded product
+    ok = ok_forward = total = 0
     for r in val_reactions[:60]:
         tpl = extract_template(r.mapped)
         if tpl:
             total += 1
             ok += r.reactants in apply_template(tpl, r.product)
-    assert total >= 55 and ok / total >= 0.9
+            ok_forward += r.product in apply_forward(tpl, r.reactants)
+    assert total >= 55 and ok / total >= 0.9 and ok_forward / total >= 0.9
 
 
-def test_forward_template_reverses_the_retro_template(val_reactions):
+def test_forward_template_reverses_the_retro_template():
     # by hand: the reactant patterns become one grouped component, the product's parentheses go
     assert forward_template("[C:1]-[OH:2]>>[C:1]-[Cl].[OH2:2]") == "([C:1]-[Cl].[OH2:2])>>[C:1]-[OH:2]"
     assert forward_template("([C:1]=[O:2])>>[C:1]-[O:2]") == "([C:1]-[O:2])>>[C:1]=[O:2]"
-    # on the data: each reaction's own template read forwards makes its recorded product
-    ok = total = 0
-    for r in val_reactions[:40]:
-        tpl = extract_template(r.mapped)
-        if tpl:
-            total += 1
-            ok += r.product in apply_forward(tpl, r.reactants)
-    assert total >= 35 and ok / total >= 0.9
+    # a hand-made retro template (alcohol <= alkyl chloride + water) read forwards on ethyl
+    # chloride + water makes ethanol
+    tpl = "[CH2;D2;+0:1]-[OH;D1;+0:2]>>Cl-[CH2;D2;+0:1].[OH2;D0;+0:2]"
+    assert apply_forward(tpl, "CCCl.O") == ["CCO"]
 
 
 def test_retro_star_scores_split_merge_and_renormalise():
