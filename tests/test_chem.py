@@ -598,7 +598,9 @@ def test_cli_retro_train_and_retro(tmp_path, capsys):
     # Kim et al.'s reaction augmentation is on by default: the forward model is written and
     # the round counts what it proposed and what the reference confirmed
     assert (out / "forward" / "single_step.safetensors").exists()
-    assert {"reactions_forward_proposed", "reactions_augmented"} <= set(summary["history"][1])
+    row = summary["history"][1]
+    assert {"reactions_forward_proposed", "reactions_augmented"} <= set(row)
+    assert row["reactions_distinct_before_augment"] <= row["route_examples"]
     bbs = set((out / "building_blocks.txt").read_text().split())
     assert not bbs & {canonical(s) for s in held + mine}      # targets are never building blocks
     capsys.readouterr()
