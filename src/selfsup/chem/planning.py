@@ -286,7 +286,7 @@ def self_improve(model: SingleStep, products: list[str], labels: list[int], targ
             kept, counts = confident_reactions(routes, reference)
             if forward is not None:
                 extra, aug_counts = forward_augment(kept, forward, reference)
-                aug_counts["distinct_before_augment"] = len(as_examples(kept, model.library)[0])
+                aug_counts["distinct_before_augment"] = len(as_examples(kept, reference.library)[0])
                 kept, counts = kept + extra, {**counts, **aug_counts}
             new_p, new_l = as_examples(kept, reference.library)
         else:

@@ -222,13 +222,18 @@ class SingleStep(nn.Module):
         return losses
 
     @torch.no_grad()
+    def probabilities(self, smiles: str) -> torch.Tensor:
+        """The template distribution for one input molecule (or '.'-joined set)."""
+        self.eval()
+        return F.softmax(self(torch.from_numpy(fingerprints([smiles], self.bits))), 1)[0]
+
+    @torch.no_grad()
     def propose(self, product: str, k: int = 10, max_templates: int = 50
                 ) -> list[tuple[tuple[str, ...], float, str]]:
         """Up to ``k`` reactant sets for ``product``, best first: (reactants, probability of the
         template that made them, template). Templates are tried in order of probability until
         ``k`` sets are found or ``max_templates`` were tried."""
-        self.eval()
-        p = F.softmax(self(torch.from_numpy(fingerprints([product], self.bits))), 1)[0]
+        p = self.probabilities(product)
         order = torch.argsort(p, descending=True)[:max_templates].tolist()
         out, seen = [], set()
         for t in order:
@@ -244,8 +249,7 @@ class SingleStep(nn.Module):
     def topk_scores(self, product: str, topk: int = 5) -> dict[str, tuple[float, list[str]]]:
         """Retro*'s scores of the reactant sets proposed for ``product`` by its ``topk`` most
         probable templates (``retro_star_scores``): {reactant key: (score, templates)}."""
-        self.eval()
-        p = F.softmax(self(torch.from_numpy(fingerprints([product], self.bits))), 1)[0]
+        p = self.probabilities(product)
         return retro_star_scores(p, self.library.templates,
                                  lambda t: apply_template(t, product), topk)
 
@@ -286,8 +290,7 @@ class ForwardStep(SingleStep):
     def predict(self, reactants: str, topk: int = 5) -> list[tuple[str, float, str]]:
         """The products of the ``topk`` most probable templates with Retro*'s scores, best
         first: (product, score, the most probable template that made it)."""
-        self.eval()
-        p = F.softmax(self(torch.from_numpy(fingerprints([reactants], self.bits))), 1)[0]
+        p = self.probabilities(reactants)
         scores = retro_star_scores(p, self.library.templates,
                                    lambda t: apply_forward(t, reactants), topk)
         best = sorted(scores.items(), key=lambda kv: -kv[1][0])
